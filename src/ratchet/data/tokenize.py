@@ -1,0 +1,52 @@
+"""Tokenisation: chat template for the prompt, completion tokens after it, prompt masked.
+
+Knows a tokenizer, never a model. A sequence is ``prompt_ids + completion_ids``; only completion
+tokens are scored (``completion_mask``). A completion that ended by itself gets the tokenizer's
+end-of-turn token appended, so the model learns to stop; one cut by ``max_new_tokens`` does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    completion_mask: list[int]
+    """1 where the token is a completion token (scored), 0 for prompt tokens."""
+    truncated: bool
+    """True if the completion was cut to fit ``max_length``."""
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return sum(self.completion_mask)
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the chat-formatted prompt, ending with the assistant turn's header."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_ids(tokenizer, text: str, complete: bool = True) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if complete and tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def tokenize_completion(tokenizer, prompt: list[int], text: str, *, complete: bool, max_length: int) -> Tokenized:
+    """``prompt`` ids (already templated) + ``text``, truncated on the completion side to ``max_length``.
+
+    Raises ValueError when the prompt leaves no room for a completion token."""
+    comp = completion_ids(tokenizer, text, complete)
+    room = max_length - len(prompt)
+    if room < 1:
+        raise ValueError(f"prompt is {len(prompt)} tokens, leaving no room for the completion within "
+                         f"max_length={max_length}")
+    if not comp:
+        raise ValueError("empty completion")
+    truncated = len(comp) > room
+    comp = comp[:room]
+    return Tokenized(prompt + comp, [0] * len(prompt) + [1] * len(comp), truncated)

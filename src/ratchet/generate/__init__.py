@@ -1,0 +1,1 @@
+"""Sampling k completions per prompt behind the ``Sampler`` protocol (see ``generate.base``)."""

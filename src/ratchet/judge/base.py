@@ -1,0 +1,27 @@
+"""The ``Judge`` protocol: score a prompt's completions.
+
+Judges output scores; they never decide what becomes a pair (that is ``data.pairing``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+
+@dataclass
+class Judgment:
+    """The verdict on one completion."""
+
+    score: float
+    """Higher is better. Verifiers give 1.0 (correct) or 0.0."""
+    correct: bool | None = None
+    """Ground-truth correctness where a verifier knows it; None for preference-only judges."""
+    detail: dict = field(default_factory=dict)
+    """Judge-specific evidence (extracted answer, failing test, judge's raw text)."""
+
+
+class Judge(Protocol):
+    def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
+        """Judge the completions of one prompt record (a row of prompts.jsonl)."""
+        ...

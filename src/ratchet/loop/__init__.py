@@ -1,0 +1,1 @@
+"""Rounds of generate -> judge -> pair -> train -> evaluate, exchanged through files."""

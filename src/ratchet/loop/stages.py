@@ -1,0 +1,90 @@
+"""The five stages of a round as functions from files to files; the CLI calls each one alone.
+
+This is where config objects are unpacked into the flat arguments of the components
+(``generate``, ``judge``, ``data.pairing``, ``train``). Every stage reads and writes plain files
+in a round directory, so any stage can be re-run by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ratchet.config import EvalConfig, GenerateConfig, JudgeConfig, PairConfig, TaskConfig, TrainConfig
+from ratchet.data import arithmetic
+from ratchet.data.pairing import build_pairs
+from ratchet.data.records import read_jsonl, write_json, write_jsonl
+from ratchet.generate.base import SamplingParams
+from ratchet.generate.hf import HFSampler
+from ratchet.judge import JUDGES
+
+TASKS = {"arithmetic": arithmetic.make_problems}
+
+
+def make_prompts(task: TaskConfig, split: str, out: Path, *, seed_offset: int = 0) -> Path:
+    if task.name not in TASKS:
+        raise ValueError(f"unknown task {task.name!r}; expected one of {sorted(TASKS)}")
+    n = task.train_prompts if split == "train" else task.heldout_prompts
+    seed = task.seed + seed_offset if split == "train" else task.seed
+    return write_jsonl(out, TASKS[task.name](n, split=split, seed=seed))
+
+
+def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *, progress: bool = True) -> Path:
+    rows = read_jsonl(prompts, required=("id", "messages"))
+    params = SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    samples = HFSampler(model, tokenizer, batch_size=cfg.batch_size, progress=progress).sample(
+        [r["messages"] for r in rows], params)
+    sampling = dataclasses.asdict(params)
+    return write_jsonl(out, ({**row, "completions": [dataclasses.asdict(s) for s in ss], "sampling": sampling}
+                             for row, ss in zip(rows, samples)))
+
+
+def judge(completions: Path, out: Path, cfg: JudgeConfig) -> Path:
+    if cfg.name not in JUDGES:
+        raise ValueError(f"unknown judge {cfg.name!r}; expected one of {sorted(JUDGES)}")
+    judge_ = JUDGES[cfg.name]()
+    rows = read_jsonl(completions, required=("id", "completions"))
+    out_rows = []
+    for row in rows:
+        verdicts = judge_.judge(row, [c["text"] for c in row["completions"]])
+        out_rows.append({"id": row["id"], "scores": [v.score for v in verdicts],
+                         "correct": [v.correct for v in verdicts], "details": [v.detail for v in verdicts]})
+    return write_jsonl(out, out_rows)
+
+
+def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig) -> Path:
+    pairs = build_pairs(read_jsonl(completions, required=("id", "messages", "completions")),
+                        read_jsonl(judgments, required=("id", "scores")), strategy=cfg.strategy,
+                        max_pairs_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed)
+    return write_jsonl(out, pairs)
+
+
+def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
+          progress: bool = True) -> dict:
+    from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
+
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules="all-linear"))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return train_loop(model, tokenizer, pairs, out_dir, loss=cfg.loss.name, loss_params=cfg.loss.params, lr=cfg.lr,
+                      epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                      max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, skip_invalid=skip_invalid, progress=progress)
+
+
+def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, judge_cfg: JudgeConfig, *,
+             progress: bool = True) -> dict:
+    """Greedy answers to held-out prompts, judged; writes answers, judgments and metrics.json."""
+    out_dir = Path(out_dir)
+    gen = GenerateConfig(k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, progress=progress)
+    judged = read_jsonl(judge(answers, out_dir / "judgments.jsonl", judge_cfg))
+    correct = [bool(j["correct"][0]) for j in judged]
+    metrics = {"accuracy": sum(correct) / len(correct), "correct": sum(correct), "n": len(correct)}
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,1 @@
+"""Tests of ratchet.losses (CPU, float64, fast)."""

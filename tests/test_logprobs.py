@@ -1,0 +1,62 @@
+"""Sequence log-probs at completion positions only, and DPO = ln 2 when policy equals reference."""
+
+import math
+
+import torch
+
+from ratchet.data.tokenize import prompt_ids, tokenize_completion
+from ratchet.logprobs import completion_logps
+from ratchet.losses import LOSSES
+from ratchet.train.batches import PairExample, collate, collate_pairs
+from ratchet.train.reference import compute_reference_logps
+from ratchet.train.step import pair_logps, pair_loss
+
+
+def _seqs(tok, n=3):
+    out = []
+    for i in range(n):
+        prompt = prompt_ids(tok, [{"role": "user", "content": f"question {i}" + "?" * i}])
+        out.append(tokenize_completion(tok, prompt, f"answer {i} " * (i + 1), complete=i != 1, max_length=200))
+    return out
+
+
+def _naive(model, batch):
+    """Full [B, T, V] logits, log-softmax, gather, mask: the textbook computation."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    return (logp * batch.completion_mask[:, 1:]).sum(-1)
+
+
+def test_completion_logps_match_naive_and_gradients(tiny):
+    model, tok = tiny
+    batch = collate(_seqs(tok), tok.pad_token_id)
+    fast = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask, chunk_size=7)
+    slow = _naive(model, batch)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    (g_fast,) = torch.autograd.grad(fast.sum(), model.lm_head.weight)
+    (g_slow,) = torch.autograd.grad(slow.sum(), model.lm_head.weight)
+    torch.testing.assert_close(g_fast, g_slow, atol=1e-5, rtol=1e-4)
+
+
+def test_prompt_tokens_do_not_count(tiny):
+    model, tok = tiny
+    seqs = _seqs(tok, 1)
+    batch = collate(seqs, tok.pad_token_id)
+    only_prompt = batch.completion_mask.clone().zero_()
+    assert completion_logps(model, batch.input_ids, batch.attention_mask, only_prompt).item() == 0.0
+    # changing a prompt token changes the log-probs only through context, never by being scored
+    assert batch.completion_mask[0, : len(seqs[0].input_ids) - seqs[0].num_completion_tokens].sum() == 0
+
+
+def test_dpo_is_ln2_when_policy_equals_reference(tiny):
+    model, tok = tiny
+    s = _seqs(tok, 3)
+    examples = [PairExample(1, s[0], s[1]), PairExample(2, s[2], s[0])]
+    ref = compute_reference_logps(model, examples, tok.pad_token_id, batch_size=2, progress=False)
+    batch = collate_pairs(examples, tok.pad_token_id)
+    chosen, rejected = pair_logps(model, batch)
+    spec = LOSSES["dpo"]
+    out = pair_loss(spec, spec.make_params(beta=0.1), policy_chosen_logps=chosen, policy_rejected_logps=rejected,
+                    ref_chosen_logps=ref["ref_chosen_logps"], ref_rejected_logps=ref["ref_rejected_logps"],
+                    chosen_lengths=batch.lengths[:2], rejected_lengths=batch.lengths[2:])
+    torch.testing.assert_close(out.loss, torch.full((2,), math.log(2)), atol=1e-5, rtol=0)

@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.ratchet-installed
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test install model clean-venv
+.PHONY: demo test install clean-venv
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ratchet needs Python 3.11+"'
@@ -26,9 +26,6 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
-
-model: $(STAMP)
-	$(VENV)/bin/ratchet models --prepare
 
 demo: $(STAMP)
 	$(VENV)/bin/ratchet demo --recipe recipes/arithmetic-dpo.yaml

@@ -221,7 +221,7 @@ def _mount_points():
 
 
 def setup_mounts(workdir: str, uid, disk_bytes: int, hide) -> dict:
-    """Private mount namespace: read-only world, private scratch, fresh /proc. Root only."""
+    """Private mount namespace: read-only world, private scratch, hidden paths. Root only."""
     if not _mount("none", "/", None, MS_REC | MS_PRIVATE):  # never propagate to the host
         return {"readonly": False}
     readonly = True
@@ -243,8 +243,7 @@ def setup_mounts(workdir: str, uid, disk_bytes: int, hide) -> dict:
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
         elif os.path.exists(path):
             _mount("/dev/null", path, None, MS_BIND)
-    proc = _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
-    return {"readonly": readonly, "private_tmp": private_work, "proc": proc}
+    return {"readonly": readonly, "private_tmp": private_work}
 
 
 def become(limits: dict, uid, dumpable: bool) -> None:
@@ -312,6 +311,7 @@ def serve(program: str, entry_point: str, rfd: int, wfd: int, max_bytes: int) ->
             reply = b"R" + encode(fn(*args, **kwargs))
         except BaseException as e:
             reply = b"E" + encode((type(e).__name__, describe(e)))
+        _flush()  # the process may be killed at any time after the last reply
         send_frame(wfd, reply)
 
 
@@ -418,9 +418,19 @@ def run_tests(job: dict, candidate: Candidate, fd: int) -> None:
 # ----------------------------------------------------------------------------- entry
 
 
-def init(config: dict, result_fd: int, flags: dict) -> None:
-    """PID 1 of the new namespace (when there is one): mounts, the candidate, then the tests."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def candidate_main(config: dict, pipes, flags: dict) -> None:
+    """The program's process: pid 1 of the new pid namespace when there is one."""
+    if flags.get("pidns") and flags.get("mountns"):
+        # Root still, and inside the new pid namespace: /proc shows only this namespace.
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+    _devnull_stdin()
+    uids = config["uids"]
+    become(config["limits"], uids and uids[1], dumpable=True)
+    serve(config["program"], config["entry_point"], pipes[0], pipes[1], config["max_message_bytes"])
+
+
+def run_job(config: dict, result_fd: int, flags: dict) -> None:
+    """The test process: mounts, fork the candidate, then run the tests against it."""
     uids, workdir = config["uids"], config["workdir"]
     if flags.get("mountns"):
         flags.update(setup_mounts(workdir, uids and uids[1], config["disk_bytes"], config["hide"]))
@@ -429,44 +439,106 @@ def init(config: dict, result_fd: int, flags: dict) -> None:
     os.chdir(workdir)
     report(result_fd, "I", *(f"{k}={int(v)}" for k, v in flags.items()), f"uid={int(bool(uids))}")
     to_candidate, from_candidate = os.pipe(), os.pipe()
-    max_bytes = config["max_message_bytes"]
-    if os.fork() == 0:
+    pid = os.fork()
+    if pid == 0:
         for fd in (result_fd, to_candidate[1], from_candidate[0]):
             os.close(fd)
-        _devnull_stdin()
-        become(config["limits"], uids and uids[1], dumpable=True)
-        serve(config["program"], config["entry_point"], to_candidate[0], from_candidate[1], max_bytes)
-        sys.stdout.flush()
+        candidate_main(config, (to_candidate[0], from_candidate[1]), flags)
+        _flush()
         os._exit(0)
     os.close(to_candidate[0])
     os.close(from_candidate[1])
     job = decode(read_frame(0, 1 << 30))  # the tests arrive only now, after the fork
     _devnull_stdin()
     become(config["limits"], uids and uids[0], dumpable=False)
-    run_tests(job, Candidate(to_candidate[1], from_candidate[0], max_bytes), result_fd)
-    sys.stdout.flush()
+    run_tests(job, Candidate(to_candidate[1], from_candidate[0], config["max_message_bytes"]), result_fd)
+    _flush()
+    # Closing the pipe ends the candidate's serve loop; as pid 1 its exit takes every process of
+    # its namespace with it. "Z" tells the harness that nothing is left to sweep.
+    os.close(to_candidate[1])
+    if _reap(pid, timeout=0.5):
+        report(result_fd, "Z")
 
 
-def main() -> None:
-    result_fd = int(sys.argv[1])
+def _reap(pid: int, timeout: float) -> bool:
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return False
+    try:
+        if select.select([fd], [], [], timeout)[0]:
+            os.waitpid(pid, 0)
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def worker(fds) -> int:
+    """One job, in a fresh child of the zygote: its own session, namespaces, then ``run_job``."""
+    os.setsid()
+    stdin, out, err, result_fd = fds
+    for src, dst in ((stdin, 0), (out, 1), (err, 2)):
+        os.dup2(src, dst)
+        os.close(src)
     config = decode(read_frame(0, 1 << 30))
     flags = {}
     if config["namespaces"]:
         for name, flag in (("netns", CLONE_NEWNET), ("mountns", CLONE_NEWNS), ("pidns", CLONE_NEWPID)):
             flags[name] = _unshare(flag)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the harness thread that started us is gone: die
-    pid = os.fork()
-    if pid == 0:
-        code = 0
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the zygote is gone: so is this job
+    try:
+        run_job(config, result_fd, flags)
+    except BaseException as e:
+        sys.stderr.write(f"sandbox worker failed: {describe(e)}\n")
+        return 70
+    return 0
+
+
+def zygote(sock_fd: int) -> None:
+    """Fork one worker per request from the harness; started once, so no interpreter start-up
+    per job. Requests: ``J`` with four fds (stdin, stdout, stderr, result) -> reply the worker's
+    pid; ``R<pid>`` -> reap that worker (kept as a zombie until then so its pid, which is also its
+    process group id, cannot be reused while the harness may still signal it)."""
+    import socket
+
+    _c()
+    sock = socket.socket(fileno=sock_fd)
+    while True:
         try:
-            init(config, result_fd, flags)
-        except BaseException as e:
-            sys.stderr.write(f"sandbox init failed: {describe(e)}\n")
-            code = 70
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    os._exit(min(max(os.waitstatus_to_exitcode(status), 0), 255))
+            msg, fds, _, _ = socket.recv_fds(sock, 64, 4)
+        except OSError:
+            return
+        if not msg:
+            return  # the harness closed its end (or exited)
+        if msg[:1] == b"R":
+            try:
+                os.waitpid(int(msg[1:]), 0)
+            except (ChildProcessError, ValueError):
+                pass
+            continue
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            code = 70 if len(fds) != 4 else worker(fds)
+            _flush()
+            os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        sock.send(str(pid).encode())
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] != ["--zygote"] or len(sys.argv) != 3:
+        sys.exit("usage: python -I -S sandbox_child.py --zygote SOCKET_FD (started by ratchet.judge.sandbox)")
+    zygote(int(sys.argv[2]))

@@ -46,6 +46,8 @@ class GenerateConfig:
     """Cap on generated tokens per completion."""
     batch_size: int = 64
     """Sequences decoded together (prompts per batch = batch_size // k)."""
+    stop: list[str] | None = None
+    """Stop strings (kept in the text); None means the task's own (arithmetic: a blank line)."""
     seed: int = 0
     """Sampling seed."""
 
@@ -64,6 +66,8 @@ class PairConfig:
     """Cap on pairs built from one prompt's completions."""
     seed: int = 0
     """Seed for choosing which pairs to keep when there are more than the cap."""
+    params: dict = field(default_factory=dict)
+    """Extra parameters of the strategy (e.g. ``margin`` for ``score_margin``, ``beta`` for ``rso``)."""
 
 
 @dataclass
@@ -77,6 +81,10 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
+    def __post_init__(self) -> None:
+        if self.reference not in ("previous", "initial"):
+            raise ConfigError(f"train.reference: expected 'previous' or 'initial', got {self.reference!r}")
+
     loss: LossConfig = field(default_factory=LossConfig)
     """Objective and its parameters."""
     lr: float = 1e-5
@@ -101,6 +109,9 @@ class TrainConfig:
     """LoRA scaling numerator."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA branch."""
+    reference: str = "previous"
+    """Reference model of each round: ``previous`` (the model the round starts from, as in DNO,
+    INPO and SELM) or ``initial`` (the starting model, fixed for all rounds)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     seed: int = 0

@@ -1,49 +1,93 @@
 """Sequence log-probabilities of completions: the single place for shift, mask and sum conventions.
 
-``completion_logps`` never materialises logits over the prompt nor a full ``[B, T, V]`` tensor:
-it runs the decoder to hidden states, keeps only the positions that predict completion tokens,
-and applies the LM head to those in chunks, each chunk recomputed in backward (so the saved
-activations are ``[N, H]`` hidden states, not ``[N, V]`` logits). With V = 49,152 and H = 576
-for SmolLM2 that is an 85x smaller saved tensor.
+Logits are never materialised over the prompt nor as a full ``[B, T, V]`` tensor: the decoder
+runs to hidden states, only the positions that predict completion tokens are kept, and the LM
+head is applied to those in chunks, each chunk recomputed in backward (so the saved activations
+are ``[N, H]`` hidden states, not ``[N, V]`` logits). With V = 49,152 and H = 576 for SmolLM2
+that is an 85x smaller saved tensor.
+
+Two entry points:
+
+- ``completion_logps``: right-padded ``[B, T]`` sequences with a completion mask (one
+  sequence per row; position t predicts token t + 1).
+- ``packed_logps``: rows that hold one prompt followed by several completions (a shared
+  prefix), described by explicit position ids, an attention mask (2D, or 4D when completions
+  in a row must not see each other) and, for every scored token, the flat index of the hidden
+  state that predicts it and the output slot it is summed into. ``train.batches.pack`` builds
+  these; this module knows nothing of pairs.
 
 Supports models whose logits are ``lm_head(final_hidden)`` (Llama, Mistral, Qwen, SmolLM, ...).
+Imports torch only.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
-def _token_logps(hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
+def _token_logps(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
     # [C, H] -> [C, V] in float32 for a stable log-softmax, then gather the label's entry.
-    logits = F.linear(hidden, weight, bias).float()
+    logits = head(hidden).float()
     return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def token_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Linear,
+def token_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module,
                             chunk_size: int = 1024) -> torch.Tensor:
-    """log p(label | hidden) for N selected positions: hidden [N, H], labels [N] -> [N]."""
+    """log p(label | hidden) for N selected positions: hidden [N, H], labels [N] -> [N] float32.
+
+    The head is called as a module (not through its weight), so sharded wrappers (FSDP, ZeRO-3)
+    gather its parameters as in any forward."""
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start:start + chunk_size], labels[start:start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            out.append(checkpoint(_token_logps, h, y, lm_head.weight, lm_head.bias, use_reentrant=False))
+            out.append(checkpoint(_token_logps, h, y, lm_head, use_reentrant=False))
         else:
-            out.append(_token_logps(h, y, lm_head.weight, lm_head.bias))
-    return torch.cat(out) if out else hidden.new_zeros(0)
+            out.append(_token_logps(h, y, lm_head))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def _decoder_and_head(model):
-    """The decoder stack and LM head of a causal LM, through a PEFT wrapper if there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)  # DDP wrapper
+    """The decoder stack and LM head of a causal LM, through PEFT and DDP wrappers."""
+    base = getattr(model, "module", model)  # DDP wrapper
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     for attr in ("final_logit_softcapping", "logit_scale"):
         if getattr(base.config, attr, None) not in (None, 1.0):
             raise NotImplementedError(f"models with {attr} are not supported by completion_logps yet")
     return base.get_decoder(), base.get_output_embeddings()
+
+
+def _attention_implementation(model) -> str:
+    base = getattr(model, "module", model)
+    return getattr(base.config, "_attn_implementation", None) or "sdpa"
+
+
+def supports_4d_mask(model) -> bool:
+    """True when the model's attention takes a custom 4D mask (sdpa, eager); flash-attention does not."""
+    return _attention_implementation(model) in ("sdpa", "eager")
+
+
+def packed_logps(model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 src: torch.Tensor, labels: torch.Tensor, seq_index: torch.Tensor, num_seqs: int,
+                 chunk_size: int = 1024) -> torch.Tensor:
+    """Summed log-probs of the scored tokens of ``num_seqs`` sequences packed into rows.
+
+    input_ids, position_ids: [R, T]. attention_mask: [R, T] (1 = real token) or [R, 1, T, T]
+    boolean (True = query may attend key). src, labels, seq_index: [N]; token ``labels[n]`` is
+    predicted by the hidden state at flat position ``src[n]`` (row * T + t) and its log-prob is
+    added to output slot ``seq_index[n]``. Returns [num_seqs] float32."""
+    decoder, head = _decoder_and_head(model)
+    if attention_mask.dim() == 4 and _attention_implementation(model) == "eager":
+        # eager attention adds the mask to the scores; sdpa takes the boolean mask as is
+        dtype = head.weight.dtype
+        attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+            ~attention_mask, torch.finfo(dtype).min)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).last_hidden_state  # [R, T, H]
+    selected = hidden.flatten(0, 1)[src]  # [N, H]
+    logps = token_logps_from_hidden(selected, labels, head, chunk_size)  # [N]
+    return torch.zeros(num_seqs, device=logps.device, dtype=logps.dtype).index_add(0, seq_index, logps)
 
 
 def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -53,7 +97,7 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     input_ids, attention_mask, completion_mask: [B, T] (right padding). Returns [B] float32:
     sum over t with completion_mask[t] = 1 of log p(input_ids[t] | input_ids[:t])."""
     decoder, head = _decoder_and_head(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     # position t predicts token t+1: shift the mask and labels left by one
     scored = completion_mask[:, 1:].bool()  # [B, T-1]
     labels = input_ids[:, 1:][scored]  # [N]

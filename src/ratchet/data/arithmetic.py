@@ -14,7 +14,12 @@ import hashlib
 import random
 from typing import Callable
 
-INSTRUCTION = "Solve the problem. End your reply with a last line of the form 'Answer: <number>'."
+# Measured on SmolLM2-135M-Instruct, 64 held-out problems, greedy: this wording 0.31 accuracy,
+# "Reply with only the final line 'Answer: <number>'." 0.30, a one-shot worked example 0.03 (the
+# model copies the example), the first version ("Solve the problem. End your reply with ...") 0.14.
+INSTRUCTION = "Write the calculation in one line, then a last line 'Answer: <number>'."
+STOP = ("\n\n",)
+"""Stop strings for sampling: a blank line ends the answer paragraph; what follows is rambling."""
 HELDOUT_BUCKETS = 5  # one problem in five (by hash) is held out
 
 Problem = tuple[str, int]  # (question text, integer answer)

@@ -1,34 +1,37 @@
 """Run untrusted Python programs against tests: one sandboxed process tree per program.
 
-This module is the harness side: it starts ``sandbox_child.py`` in a fresh interpreter
-(``python -I -S``: isolated, no site) in its own session and process group, with a temporary
-working directory and a scrubbed environment (PATH, HOME, locale; no tokens or secrets). It
-feeds the job, reads stdout, stderr and the result channel with caps, kills the whole group at
-the wall-clock deadline, and decides the verdict. ``Sandbox.run_many`` runs programs in parallel
-on a thread pool (each thread only waits on its child's pipes).
+This module is the harness side. It starts one long-lived zygote (``sandbox_child.py`` under
+``python -I -S``: isolated, no site, scrubbed environment with no tokens or secrets) and asks it
+to fork a worker per job, so a job costs two forks rather than an interpreter start-up. Each
+worker gets its own session and process group, a temporary working directory and the job's
+pipes; the harness feeds the job, reads stdout, stderr and the result channel with caps, kills
+the whole group at the wall-clock deadline, and decides the verdict. ``Sandbox.run_many`` runs
+jobs in parallel on a thread pool (each thread only waits on its worker's pipes).
 
 Containment, in layers (``RunResult.isolation`` says which ones were in effect):
 
 - resource limits in every sandboxed process: CPU time, address space, file size, open files,
-  processes (per uid), no core files; the wall-clock deadline kills the process group;
+  processes per uid, no core files; the wall-clock deadline kills the process group;
 - when the harness runs as root: the program and the tests run under two fresh random uids, so
-  the process limit counts only their own processes (root is exempt from it), the program cannot
-  signal the harness or the tests, and ``no_new_privs`` blocks setuid binaries;
-- where the kernel allows it (root): new network namespace (no interface but a down loopback),
-  new pid namespace (the tests run as its pid 1, so when they end or are killed, the kernel kills
-  every process left, including daemonised grandchildren), new mount namespace (every mount
-  read-only, private size-capped tmpfs on the work dir, /tmp, /var/tmp and /dev/shm, a fresh
-  /proc that shows only the caller's own processes, ``hide_paths`` masked);
+  the process limit counts only their own processes (root is exempt from it), neither can signal
+  or trace the harness or each other, and ``no_new_privs`` blocks setuid binaries;
+- where the kernel allows it (root): a network namespace with no interface but a loopback that is
+  down (one for all jobs of a Sandbox: creating one per job costs a millisecond), a new pid
+  namespace whose pid 1 is the program's process (when it ends or is killed, the kernel kills
+  every process left in it, daemonised grandchildren included), a new mount namespace (every
+  mount read-only; private size-capped tmpfs on the work dir, /tmp, /var/tmp and /dev/shm; the
+  harness user's home masked; ``hide_paths`` covered; a /proc that shows only the namespace);
 - the Python socket layer is disabled in any case (an audit hook, which cannot be removed).
 
-Verdicts are decided by the harness, not by the program's exit status: the tests run in their own
-process and only call the program through a pipe that carries plain data (see
-``sandbox_child``). A run passes only when the test process reports, on a channel the program's
-process does not hold, that every test ran and passed, within the limits. An always-equal object
-cannot cross the pipe; ``os._exit(0)`` before the tests leaves them without a candidate, so they
-fail.
+Verdicts are decided by the harness, not by the program or its exit status. The tests run in a
+separate process and reach the program only through a pipe that carries plain data, decoded into
+fresh built-in objects (``sandbox_wire``). A run passes only when that process reports, on a
+channel the program's process does not hold, that every test ran and passed, within the limits.
+So an always-equal object cannot cross the pipe, patching ``builtins`` changes only the program's
+own process, and ``os._exit(0)`` before the tests leaves them without a program to call: fail.
+No nonce is needed: nothing the program can write reaches the result channel.
 
-Without root (or when namespaces are refused) the same code runs with fewer layers: limits,
+Without root (or where namespaces are refused) the same code runs with fewer layers: limits,
 process group, socket hook. That is enough for honest mistakes (infinite loops, memory hogs), not
 for hostile programs; ``Sandbox(require_isolation=True)`` refuses to run without the full set.
 """
@@ -37,22 +40,25 @@ from __future__ import annotations
 
 import os
 import random
-import selectors
-import signal
-import subprocess
+import secrets
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ratchet.judge.sandbox_child import encode
+from ratchet.judge.sandbox_process import Zygote, count_processes, run_in_worker, sweep_uids
+from ratchet.judge.sandbox_wire import encode
 
 _CHILD = str(Path(__file__).with_name("sandbox_child.py"))
 _FULL_ISOLATION = ("netns", "pidns", "mountns", "uid")
 _MAX_MESSAGE_BYTES = 16 << 20
+_PRIVATE_WORKDIR = "/tmp/ratchet-sandbox"  # inside each job's own /tmp tmpfs; the host never sees it
 
 
 class SandboxError(RuntimeError):
@@ -102,6 +108,7 @@ class Job:
 
 @dataclass
 class TestOutcome:
+    __test__ = False  # not a pytest test class, despite the name
     passed: bool | None
     """None: the test never ran (the program failed to load, or the run stopped earlier)."""
     message: str = ""
@@ -131,25 +138,41 @@ class RunResult:
 
 
 class Sandbox:
-    """Runs jobs; ``run`` is thread-safe, ``run_many`` uses ``workers`` threads."""
+    """Runs jobs; ``run`` is thread-safe, ``run_many`` uses ``workers`` threads.
+
+    ``hide_paths``: files or directories the program must not see (e.g. the task file holding the
+    tests); ``site_packages``: let programs import the harness's installed packages (slower start);
+    ``hide_home``: mask the harness user's home directory; ``require_isolation``: raise
+    ``SandboxError`` rather than run without uids and namespaces."""
 
     def __init__(self, limits: Limits = Limits(), workers: int | None = None, hide_paths: Sequence[str] = (),
-                 python: str | None = None, site_packages: bool = False, require_isolation: bool = False):
+                 site_packages: bool = False, hide_home: bool = True, require_isolation: bool = False):
+        if not sys.platform.startswith("linux"):
+            raise SandboxError(f"the sandbox runs on Linux only (pidfd, /proc, prctl), not {sys.platform}")
         self.limits = limits
         self.workers = workers or os.cpu_count() or 1
         self.hide_paths = tuple(str(p) for p in hide_paths)
-        self.python = python or sys.executable
         self.site_packages = site_packages
         self.require_isolation = require_isolation
         self._root = os.geteuid() == 0
+        # The interpreter's installation must stay readable under another uid; the harness user's
+        # home (tokens, caches, keys) is masked unless hide_home is False.
+        prefixes = {sys.base_prefix, sys.base_exec_prefix} | ({sys.prefix, sys.exec_prefix} if site_packages else set())
+        self._needs = sorted(os.path.realpath(p) for p in prefixes)
+        home = os.path.realpath(os.path.expanduser("~"))
+        self._mask = [home] if hide_home and home != "/" else []
         self._isolation: dict[str, bool] | None = None
+        self._zygote: Zygote | None = None
+        self._lock, self._probe_lock = threading.Lock(), threading.Lock()
 
     def run(self, job: Job) -> RunResult:
         if self.require_isolation:
             missing = [k for k in _FULL_ISOLATION if not self.isolation().get(k)]
             if missing:
                 raise SandboxError(f"require_isolation: not available here: {missing}")
-        return self._run(job)
+        # Once a run has shown that jobs get a private /tmp, the work dir lives only there.
+        private = self._root and self.isolation().get("private_tmp", False)
+        return self._run(job, _PRIVATE_WORKDIR if private else None)
 
     def run_many(self, jobs: Sequence[Job]) -> list[RunResult]:
         if len(jobs) <= 1:
@@ -159,64 +182,68 @@ class Sandbox:
 
     def isolation(self) -> dict[str, bool]:
         """Which containment layers a run gets on this machine (probed once)."""
-        if self._isolation is None:
-            probe = self._run(Job("def f():\n    return 1\n", "f", ("assert candidate() == 1",)))
-            if probe.verdict == "sandbox_error":
-                raise SandboxError(f"the sandbox cannot start here: {probe.reason}\n{probe.stderr}")
-            self._isolation = probe.isolation
+        with self._probe_lock:
+            if self._isolation is None:
+                probe = self._run(Job("def f():\n    return 1\n", "f", ("assert candidate() == 1",)))
+                if probe.verdict == "sandbox_error":
+                    raise SandboxError(f"the sandbox cannot start here: {probe.reason}\n{probe.stderr}")
+                self._isolation = probe.isolation
         return self._isolation
 
-    def _run(self, job: Job) -> RunResult:
+    def close(self) -> None:
+        """Stop the zygote process (also happens when the Sandbox is garbage-collected)."""
+        with self._lock:
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
+
+    def _run(self, job: Job, workdir: str | None = None) -> RunResult:
         if not isinstance(job.tests, (tuple, list)) or not all(isinstance(t, str) for t in job.tests):
             raise TypeError("Job.tests must be a tuple of source strings")
         uids = _fresh_uids() if self._root else None
-        config = {
-            "program": job.program, "entry_point": job.entry_point, "uids": list(uids) if uids else None,
-            "namespaces": self._root, "hide": list(self.hide_paths), "disk_bytes": self.limits.disk_bytes,
-            "max_message_bytes": _MAX_MESSAGE_BYTES, "limits": self._rlimits(),
-        }
-        tests = {"setup": job.setup, "tests": list(job.tests), "entry_point": job.entry_point}
-        with tempfile.TemporaryDirectory(prefix="ratchet-sandbox-") as workdir:
-            config["workdir"] = workdir
+        host_dir = tempfile.TemporaryDirectory(prefix="ratchet-sandbox-") if workdir is None else nullcontext(workdir)
+        with host_dir as workdir:
+            config = {
+                "program": job.program, "entry_point": job.entry_point, "uids": list(uids) if uids else None,
+                "namespaces": self._root, "hide": list(self.hide_paths), "disk_bytes": self.limits.disk_bytes,
+                "needs": self._needs, "mask": self._mask,
+                "max_message_bytes": _MAX_MESSAGE_BYTES, "limits": self._rlimits(), "workdir": workdir,
+            }
+            token = secrets.token_hex(8)
+            tests = {"setup": job.setup, "tests": list(job.tests), "entry_point": job.entry_point, "token": token}
             payload = _frame(encode(config)) + _frame(encode(tests))
-            streams, wall, ended = self._execute(payload, workdir, uids)
-        result = _verdict(streams, ended, len(job.tests))
-        result.wall_seconds, result.uids = wall, uids
+            start = time.monotonic()
+            streams, ended = self._execute(payload, uids, token)
+            wall = time.monotonic() - start
+        result = _verdict(streams, ended, len(job.tests), token)
+        result.wall_seconds = wall
+        result.uids = uids if result.isolation.get("uid") else None
         return result
 
     def _rlimits(self) -> dict:
         lim = self.limits
         # Root is exempt from RLIMIT_NPROC and has fresh uids; otherwise the limit counts all of
         # this user's processes, so it is set relative to how many exist now.
-        nproc = lim.max_processes if self._root else _count_processes(os.getuid()) + lim.max_processes
+        nproc = lim.max_processes if self._root else count_processes(os.getuid()) + lim.max_processes
         return {"cpu_seconds": int(lim.cpu_seconds), "memory_bytes": lim.memory_bytes,
                 "file_size_bytes": lim.file_size_bytes, "max_open_files": lim.max_open_files, "nproc": nproc}
 
-    def _execute(self, payload: bytes, workdir: str, uids) -> tuple[dict, float, str]:
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}
-        flags = ["-I", "-B"] + ([] if self.site_packages else ["-S"])
-        result_r, result_w = os.pipe()
-        start = time.monotonic()
-        try:
-            proc = subprocess.Popen([self.python, *flags, _CHILD, str(result_w)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(result_w,),
-                                    cwd=workdir, env=env, start_new_session=True)
-        except OSError as e:
-            os.close(result_r)
-            return {"result": b"", "stdout": b"", "stderr": str(e).encode()}, 0.0, "spawn_failed"
-        finally:
-            os.close(result_w)
-        try:
-            streams, ended = _pump(proc, result_r, payload, start + self.limits.wall_seconds, self.limits.output_bytes)
-        finally:
-            _kill_group(proc)
-            os.close(result_r)
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                pipe.close()
-            if uids:
-                _sweep_uids(uids)  # no-op when the pid namespace already killed everything
-        return streams, time.monotonic() - start, ended
+    def _zygote_ready(self) -> Zygote:
+        with self._lock:
+            if self._zygote is None or not self._zygote.alive():
+                flags = ["-I", "-B"] + ([] if self.site_packages else ["-S"])
+                self._zygote = Zygote([sys.executable, *flags, _CHILD])
+                weakref.finalize(self, self._zygote.close)
+            return self._zygote
+
+    def _execute(self, payload: bytes, uids, token: str) -> tuple[dict, str]:
+        """One job through the zygote; then, unless the worker confirmed that nothing is left,
+        kill whatever still runs under this run's uids."""
+        streams, ended = run_in_worker(self._zygote_ready(), payload, time.monotonic() + self.limits.wall_seconds,
+                                       self.limits.output_bytes)
+        if uids and not _all_reaped(streams["result"], token):
+            sweep_uids(uids)
+        return streams, ended
 
 
 def _frame(data: bytes) -> bytes:
@@ -231,123 +258,30 @@ def _fresh_uids() -> tuple[int, int]:
     return a, a + 1
 
 
-def _count_processes(uid: int) -> int:
-    count = 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                count += os.stat(f"/proc/{pid}").st_uid == uid
-            except OSError:
-                pass
-    return count
+def _all_reaped(result: bytes, token: str) -> bool:
+    """The worker confirmed that the candidate, pid 1 of its namespace, is gone (so is the rest)."""
+    events = _parse_events(bytes(result), token)
+    return ["Z"] in events and "pidns=1" in (events[0] if events else [])
 
 
-def _pump(proc: subprocess.Popen, result_fd: int, payload: bytes, deadline: float, cap: int) -> tuple[dict, str]:
-    """Feed stdin, drain stdout/stderr/result until the child exits; returns (bytes, how it ended)."""
-    sel = selectors.DefaultSelector()
-    names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", result_fd: "result"}
-    data = {name: bytearray() for name in names.values()}
-    for fd in names:
-        sel.register(fd, selectors.EVENT_READ)
-    stdin = proc.stdin.fileno()
-    os.set_blocking(stdin, False)
-    sel.register(stdin, selectors.EVENT_WRITE)
-    pidfd = _pidfd(proc.pid)
-    if pidfd is not None:
-        sel.register(pidfd, selectors.EVENT_READ)
-    view, exited_at, ended = memoryview(payload), None, "exited"
-    try:
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return data, "timeout"
-            if exited_at is None and pidfd is None and _has_exited(proc.pid):
-                exited_at = now
-            if exited_at is not None and (len(sel.get_map()) == 0 or now - exited_at > 0.2):
-                return data, ended  # escaped holders of our pipes are not waited for
-            wait = deadline - now if pidfd is not None else min(deadline - now, 0.01)
-            for key, _ in sel.select(timeout=max(wait, 0.0) if exited_at is None else 0.05):
-                fd = key.fd
-                if fd == stdin:
-                    try:
-                        view = view[os.write(fd, view[:1 << 16]):]
-                    except (BrokenPipeError, BlockingIOError) as e:
-                        view = view[:0] if isinstance(e, BrokenPipeError) else view
-                    if not view:
-                        sel.unregister(fd)
-                        proc.stdin.close()
-                elif fd == pidfd:
-                    sel.unregister(fd)
-                    exited_at = time.monotonic()
-                else:
-                    chunk = os.read(fd, 1 << 16)
-                    if not chunk:
-                        sel.unregister(fd)
-                        continue
-                    buf = data[names[fd]]
-                    buf += chunk
-                    if len(buf) > cap:
-                        del buf[cap:]
-                        return data, f"output_limit:{names[fd]}"
-    finally:
-        sel.close()
-        if pidfd is not None:
-            os.close(pidfd)
+def _parse_events(raw: bytes, token: str) -> list[list[str]]:
+    """The first line (isolation flags, written before any untrusted code ran), then only the
+    lines that carry this run's token, without it."""
+    lines = [line.split("\t") for line in raw.decode("utf-8", "replace").splitlines() if line]
+    if not lines or lines[0][0] != "I":
+        return []
+    return lines[:1] + [fields[1:] for fields in lines[1:] if fields[0] == token and len(fields) > 1]
 
 
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _has_exited(pid: int) -> bool:
-    # WNOWAIT: look without reaping, so the pid (and group id) stays reserved until _kill_group.
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    # The bootstrap is not reaped yet (a zombie at worst), so its group id cannot have been reused.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _sweep_uids(uids: tuple[int, int]) -> None:
-    """Kill every process still running under this run's uids (a daemon that left the group)."""
-    for _ in range(100):
-        found = False
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                owner = os.stat(f"/proc/{pid}").st_uid
-                if owner in uids:
-                    os.kill(int(pid), signal.SIGKILL)
-                    found = True
-            except OSError:
-                pass
-        if not found:
-            return
-        time.sleep(0.01)
-
-
-def _parse_events(raw: bytes) -> list[list[str]]:
-    return [line.split("\t") for line in raw.decode("utf-8", "replace").splitlines() if line]
-
-
-def _verdict(streams: dict, ended: str, n_tests: int) -> RunResult:
-    events = _parse_events(bytes(streams["result"]))
+def _verdict(streams: dict, ended: str, n_tests: int, token: str) -> RunResult:
+    events = _parse_events(bytes(streams["result"]), token)
     tests = [TestOutcome(None) for _ in range(n_tests)]
     isolation, status, died_at, done = None, None, None, False
-    for ev in events:
+    if events:
+        isolation = {k: v == "1" for k, v in (f.split("=", 1) for f in events[0][1:] if "=" in f)}
+    for ev in events[1:]:
         kind = ev[0]
-        if kind == "I":
-            isolation = {k: v == "1" for k, v in (f.split("=", 1) for f in ev[1:] if "=" in f)}
-        elif kind == "L" and ev[1:2] == ["error"]:
+        if kind == "L" and ev[1:2] == ["error"]:
             status = ("load_error", ev[2] if len(ev) > 2 else "")
         elif kind == "S":
             status = ("setup_error", ev[1] if len(ev) > 1 else "")

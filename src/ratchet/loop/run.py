@@ -1,4 +1,4 @@
-"""``run_loop``: rounds of generate -> judge -> pair -> train -> evaluate, with the ratchet gate.
+"""``run_loop``: rounds of generate -> judge -> pair -> train -> evaluate, resumable, with the gate.
 
 Directory of a run (every file plain, every stage re-runnable alone from the CLI)::
 
@@ -6,43 +6,95 @@ Directory of a run (every file plain, every stage re-runnable alone from the CLI
     runs/<name>/heldout.jsonl          held-out prompts (same for every round)
     runs/<name>/round_0/eval/          the starting model on the held-out prompts
     runs/<name>/round_<r>/             prompts, completions, judgments, pairs (.jsonl),
-                                       train/ (model/, train_metrics.jsonl), eval/ (metrics.json)
-    runs/<name>/summary.json           per-round metrics and which rounds were kept
+                                       train/ (model/, train_metrics.jsonl), eval/ (metrics.json),
+                                       metrics.json (the round's B-STaR and eval metrics), manifest.json
+    runs/<name>/summary.json           per-round metrics, which rounds were kept, the best model
+    runs/<name>/report.html            plots of every metric over rounds, a table of rounds
 
+Resumable: every stage goes through ``manifest.run_stage``, so a killed loop started again skips
+finished stages, and a changed recipe that invalidates a finished stage is reported.
 The gate: a round's model is kept only if its held-out accuracy is not below the best so far
 minus ``gate_tolerance``; otherwise the next round starts again from the best model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 
-from ratchet.config import RunConfig, save_config
+from ratchet.config import RunConfig, save_config, to_dict
 from ratchet.data.records import read_jsonl, write_json
+from ratchet.evaluate.bstar import bstar_metrics
 from ratchet.loop import stages
+from ratchet.loop.manifest import run_stage
 from ratchet.models import load_model, resolve_model
 
 
-def run_round(cfg: RunConfig, round_dir: Path, model_path: str, heldout: Path, r: int, *, progress: bool = True) -> dict:
+def model_id(path: str) -> dict:
+    """A cheap identity of a model directory: path plus each file's size and mtime."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    return {"path": str(p), "files": {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in files}}
+
+
+class _Models:
+    """Loads a model only when a stage actually has to run, and keeps the one in use."""
+
+    def __init__(self):
+        self.path, self.pair = None, None
+
+    def get(self, path: str):
+        if self.path != path:
+            self.pair, self.path = load_model(path), path
+        return self.pair
+
+    def forget(self):
+        self.path, self.pair = None, None
+
+
+def _evaluate(cfg: RunConfig, models: _Models, model_path: str, heldout: Path, out_dir: Path,
+              round_dir: Path, progress: bool) -> dict:
+    run_stage(round_dir, "evaluate", {"evaluate": to_dict(cfg.evaluate), "judge": to_dict(cfg.judge),
+                                      "model": model_id(model_path)}, [heldout], [out_dir / "metrics.json"],
+              lambda: stages.evaluate(*models.get(model_path), heldout, out_dir, cfg.evaluate, cfg.judge,
+                                      progress=progress))
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: str, heldout: Path, r: int,
+              models: _Models, *, progress: bool = True) -> dict:
     """One round from ``model_path``; returns its metrics (the trained model is in round_dir/train/model)."""
-    model, tokenizer = load_model(model_path)
-    prompts = stages.make_prompts(cfg.task, "train", round_dir / "prompts.jsonl", seed_offset=r)
-    completions = stages.generate(model, tokenizer, prompts, round_dir / "completions.jsonl", cfg.generate,
-                                  progress=progress)
-    judgments = stages.judge(completions, round_dir / "judgments.jsonl", cfg.judge)
-    pairs = stages.pair(completions, judgments, round_dir / "pairs.jsonl", cfg.pair)
-    scores = [s for j in read_jsonl(judgments) for s in j["scores"]]
+    p, c, j, pairs = (round_dir / f for f in ("prompts.jsonl", "completions.jsonl", "judgments.jsonl", "pairs.jsonl"))
+    run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "round": r}, [], [p],
+              lambda: stages.make_prompts(cfg.task, "train", p, seed_offset=r))
+    gen = cfg.generate
+    run_stage(round_dir, "generate", {"generate": to_dict(gen), "model": model_id(model_path)}, [p], [c],
+              lambda: stages.generate(*models.get(model_path), p, c, gen, progress=progress))
+    run_stage(round_dir, "judge", {"judge": to_dict(cfg.judge)}, [c], [j], lambda: stages.judge(c, j, cfg.judge))
+    run_stage(round_dir, "pair", {"pair": to_dict(cfg.pair), "loss": cfg.train.loss.name}, [c, j], [pairs],
+              lambda: stages.pair(c, j, pairs, cfg.pair, loss=cfg.train.loss.name))
     n_pairs = len(read_jsonl(pairs))
-    metrics = {"round": r, "sample_accuracy": sum(scores) / max(len(scores), 1), "pairs": n_pairs}
+    metrics = {"round": r, **bstar_metrics(read_jsonl(c), read_jsonl(j), pairs_kept=n_pairs),
+               "temperature": gen.temperature}
     if n_pairs == 0:
-        metrics["skipped_training"] = "no pairs"
-        return metrics
-    summary = stages.train(model, tokenizer, pairs, round_dir / "train", cfg.train, progress=progress)
+        return {**metrics, "skipped_training": "no pairs"}
+    train_dir = round_dir / "train"
+
+    def train():
+        reference = None if reference_path == model_path else load_model(reference_path)[0]
+        stages.train(*models.get(model_path), pairs, train_dir, cfg.train, reference_model=reference,
+                     reference_id=json.dumps(model_id(reference_path)), progress=progress)
+        models.forget()  # the object in memory is now the trained model, not model_path's
+
+    run_stage(round_dir, "train", {"train": to_dict(cfg.train), "model": model_id(model_path),
+                                   "reference": model_id(reference_path)}, [pairs], [train_dir / "model"], train)
+    summary = json.loads((train_dir / "train_summary.json").read_text())
     metrics["train_loss"] = summary["final"].get("loss")
-    model.eval()
-    metrics.update(stages.evaluate(model, tokenizer, heldout, round_dir / "eval", cfg.evaluate, cfg.judge,
-                                   progress=progress))
+    metrics.update(_evaluate(cfg, models, str(train_dir / "model"), heldout, round_dir / "eval", round_dir,
+                             progress))
+    write_json(round_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -51,16 +103,17 @@ def run_loop(cfg: RunConfig, *, progress: bool = True) -> dict:
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    heldout = stages.make_prompts(cfg.task, "heldout", run_dir / "heldout.jsonl")
-    best_path = resolve_model(cfg.model)
-    model, tokenizer = load_model(best_path)
-    base = stages.evaluate(model, tokenizer, heldout, run_dir / "round_0" / "eval", cfg.evaluate, cfg.judge,
-                           progress=progress)
-    del model
+    heldout = run_dir / "heldout.jsonl"
+    run_stage(run_dir / "round_0", "heldout", {"task": to_dict(cfg.task)}, [], [heldout],
+              lambda: stages.make_prompts(cfg.task, "heldout", heldout))
+    models = _Models()
+    initial = best_path = resolve_model(cfg.model)
+    base = _evaluate(cfg, models, initial, heldout, run_dir / "round_0" / "eval", run_dir / "round_0", progress)
     rounds = [{"round": 0, **base, "kept": True}]
     best = base["accuracy"]
     for r in range(1, cfg.rounds + 1):
-        m = run_round(cfg, run_dir / f"round_{r}", best_path, heldout, r, progress=progress)
+        reference = initial if cfg.train.reference == "initial" else best_path
+        m = run_round(cfg, run_dir / f"round_{r}", best_path, reference, heldout, r, models, progress=progress)
         kept = "accuracy" in m and m["accuracy"] >= best - cfg.gate_tolerance
         if kept:
             best, best_path = max(best, m["accuracy"]), str(run_dir / f"round_{r}" / "train" / "model")
@@ -72,4 +125,7 @@ def run_loop(cfg: RunConfig, *, progress: bool = True) -> dict:
     summary = {"rounds": rounds, "best_model": best_path, "accuracy_start": base["accuracy"],
                "accuracy_best": best, "n_heldout": base["n"], "minutes": (time.time() - start) / 60}
     write_json(run_dir / "summary.json", summary)
+    from ratchet.loop.report import write_report
+
+    write_report(run_dir, summary)
     return summary

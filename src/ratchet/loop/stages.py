@@ -12,13 +12,14 @@ from pathlib import Path
 
 from ratchet.config import EvalConfig, GenerateConfig, JudgeConfig, PairConfig, TaskConfig, TrainConfig
 from ratchet.data import arithmetic
-from ratchet.data.pairing import build_pairs
+from ratchet.data.pairing import build_pairs, build_unpaired
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.generate.base import SamplingParams
 from ratchet.generate.hf import HFSampler
 from ratchet.judge import JUDGES
 
 TASKS = {"arithmetic": arithmetic.make_problems}
+TASK_STOP = {"arithmetic": arithmetic.STOP}
 
 
 def make_prompts(task: TaskConfig, split: str, out: Path, *, seed_offset: int = 0) -> Path:
@@ -31,8 +32,9 @@ def make_prompts(task: TaskConfig, split: str, out: Path, *, seed_offset: int = 
 
 def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *, progress: bool = True) -> Path:
     rows = read_jsonl(prompts, required=("id", "messages"))
+    stop = cfg.stop if cfg.stop is not None else TASK_STOP.get(rows[0].get("task") if rows else None, ())
     params = SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                            max_new_tokens=cfg.max_new_tokens, stop=tuple(stop), seed=cfg.seed)
     samples = HFSampler(model, tokenizer, batch_size=cfg.batch_size, progress=progress).sample(
         [r["messages"] for r in rows], params)
     sampling = dataclasses.asdict(params)
@@ -53,15 +55,20 @@ def judge(completions: Path, out: Path, cfg: JudgeConfig) -> Path:
     return write_jsonl(out, out_rows)
 
 
-def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig) -> Path:
-    pairs = build_pairs(read_jsonl(completions, required=("id", "messages", "completions")),
-                        read_jsonl(judgments, required=("id", "scores")), strategy=cfg.strategy,
-                        max_pairs_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed)
-    return write_jsonl(out, pairs)
+def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss: str = "dpo") -> Path:
+    """Pairs for paired objectives; unpaired (desirable/undesirable) rows for ``unpaired`` ones (KTO)."""
+    from ratchet.losses import LOSSES
+
+    rows = read_jsonl(completions, required=("id", "messages", "completions"))
+    judged = read_jsonl(judgments, required=("id", "scores"))
+    if LOSSES[loss].data == "unpaired":
+        return write_jsonl(out, build_unpaired(rows, judged, max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed))
+    return write_jsonl(out, build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
+                                        seed=cfg.seed, **cfg.params))
 
 
 def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
-          progress: bool = True) -> dict:
+          reference_model=None, reference_id: str = "policy-at-start", progress: bool = True) -> dict:
     from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
 
     if cfg.lora_r > 0:
@@ -74,7 +81,8 @@ def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, ski
     return train_loop(model, tokenizer, pairs, out_dir, loss=cfg.loss.name, loss_params=cfg.loss.params, lr=cfg.lr,
                       epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, skip_invalid=skip_invalid, progress=progress)
+                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, skip_invalid=skip_invalid,
+                      reference_model=reference_model, reference_id=reference_id, progress=progress)
 
 
 def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, judge_cfg: JudgeConfig, *,

@@ -1,24 +1,81 @@
-"""Pairs file rows -> tokenised, validated examples -> length-grouped batches with named fields.
+"""Pairs file rows -> validated, tokenised examples -> the step plan -> packed model inputs.
 
 Validation names the row: a missing field, an empty completion, or a prompt that leaves no room
 for the completion within ``max_length`` is a ``PairsError`` (or skipped and counted with
 ``skip_invalid``). Truncated completions are counted, never silent.
+
+An example holds named sequences, each a prompt plus a completion: ``chosen`` and ``rejected``
+always, and whatever else the objective reads (``SEQUENCES`` says where each comes from in a
+pairs row). ``pack`` lays a batch out for one forward: with ``share_prompt`` the prompt is
+encoded once per row and every completion of that prompt follows it, attending to the prompt
+and to itself only (a 4D mask); without it, every sequence is its own right-padded row.
+
+``plan_steps`` turns examples into optimizer steps: a global batch of
+``batch_size * grad_accum * num_processes`` pairs per step, cut into the same number of
+micro-batches on every process (a process with nothing left gets a zero-weight copy, so
+collective operations never hang), and a loss normaliser that makes the gradient the mean over
+the global batch however it was cut.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
 import torch
 
-from ratchet.data.tokenize import Tokenized, prompt_ids, tokenize_completion
+from ratchet.data.tokenize import Tokenized, completion_ids, prompt_ids
 
 PAIR_FIELDS = ("messages", "chosen", "rejected")
+REVISE_INSTRUCTION = "Improve your previous answer: make it correct and complete."
+"""User turn after the draft in SRPO's revision prompts (a pairs row may override it with
+``revision_instruction``)."""
 
 
 class PairsError(ValueError):
     pass
+
+
+# ------------------------------------------------------------------------------------ sequences
+def _plain(field_name: str):
+    def source(row: dict, rows: list[dict], n: int) -> tuple[list[dict], str, bool]:
+        return row["messages"], row[field_name], row.get(f"{field_name}_complete", True)
+    return source
+
+
+def _kl(row: dict, rows: list[dict], n: int) -> tuple[list[dict], str, bool]:
+    """KTO's mismatched completion: the next row's chosen answer under this row's prompt
+    (fixed per dataset, so its reference log-prob is precomputed like any other)."""
+    other = rows[n % len(rows)]  # n is 1-based: rows[n] is the next row
+    text = other.get("chosen") if isinstance(other, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        text = row["rejected"]
+    return row["messages"], text, True
+
+
+def _revision(target: str, draft: str):
+    def source(row: dict, rows: list[dict], n: int) -> tuple[list[dict], str, bool]:
+        messages = row["messages"] + [
+            {"role": "assistant", "content": row[draft]},
+            {"role": "user", "content": row.get("revision_instruction", REVISE_INSTRUCTION)}]
+        return messages, row[target], row.get(f"{target}_complete", True)
+    return source
+
+
+SEQUENCES = {
+    "chosen": _plain("chosen"),
+    "rejected": _plain("rejected"),
+    "ref_response": _plain("ref_response"),  # SELM: the reference model's own response
+    "kl": _kl,
+    **{f"revise_{t}_from_{d}": _revision(t, d) for t in ("chosen", "rejected") for d in ("chosen", "rejected")},
+}
+"""Sequence name -> how to read (prompt messages, completion text, ended by itself) from a row."""
+
+
+def required_fields(names: tuple[str, ...], values: tuple[str, ...]) -> tuple[str, ...]:
+    extra = tuple(n for n in names if n == "ref_response")
+    return PAIR_FIELDS + extra + values
 
 
 @dataclass
@@ -27,10 +84,19 @@ class PairExample:
     """1-based row number in the pairs file (for error messages)."""
     chosen: Tokenized
     rejected: Tokenized
+    extra: dict[str, Tokenized] = field(default_factory=dict)
+    """Further sequences the objective reads (``ref_response``, ``kl``, ``revise_*``)."""
+    values: dict[str, float] = field(default_factory=dict)
+    """Per-row numbers the objective reads (e.g. ``chosen_win_rate``)."""
+
+    def sequence(self, name: str) -> Tokenized:
+        return {"chosen": self.chosen, "rejected": self.rejected}.get(name) or self.extra[name]
 
     @property
     def length(self) -> int:
-        return max(len(self.chosen.input_ids), len(self.rejected.input_ids))
+        """Tokens of the packed row (prompt once, then chosen and rejected): the grouping key."""
+        prompt = len(self.chosen.input_ids) - self.chosen.num_completion_tokens
+        return prompt + self.chosen.num_completion_tokens + self.rejected.num_completion_tokens
 
 
 @dataclass
@@ -42,40 +108,64 @@ class PrepareReport:
     """Completions cut to fit max_length."""
 
 
-def _problem(row: dict) -> str | None:
-    missing = [k for k in PAIR_FIELDS if k not in row]
+def _problem(row: dict, fields: tuple[str, ...]) -> str | None:
+    missing = [k for k in fields if k not in row]
     if missing:
         return f"missing field(s) {missing}"
-    for key in ("chosen", "rejected"):
-        if not isinstance(row[key], str) or not row[key].strip():
+    for key in ("chosen", "rejected", "ref_response"):
+        if key in fields and (not isinstance(row[key], str) or not row[key].strip()):
             return f"empty {key} completion"
     if not isinstance(row["messages"], list) or not row["messages"]:
         return "messages must be a non-empty list of {role, content}"
+    for key in fields:
+        if key.endswith("_win_rate") and not (isinstance(row[key], (int, float)) and 0 <= row[key] <= 1):
+            return f"{key} must be a number in [0, 1], got {row[key]!r}"
     return None
 
 
-def prepare_pairs(rows: list[dict], tokenizer, *, max_length: int, skip_invalid: bool = False) -> PrepareReport:
+def _tokenize(tokenizer, messages: list[dict], text: str, complete: bool, max_length: int,
+              prompts: dict) -> Tokenized:
+    key = repr(messages)
+    if key not in prompts:
+        prompts[key] = prompt_ids(tokenizer, messages)
+    prompt = prompts[key]
+    if not prompt:
+        raise ValueError("the chat template renders an empty prompt")
+    room = max_length - len(prompt)
+    if room < 1:
+        raise ValueError(f"prompt is {len(prompt)} tokens, leaving no room for the completion within "
+                         f"max_length={max_length}")
+    comp = completion_ids(tokenizer, text, complete)
+    if not comp:
+        raise ValueError("empty completion")
+    return Tokenized(prompt + comp[:room], [0] * len(prompt) + [1] * len(comp[:room]), len(comp) > room)
+
+
+def prepare_pairs(rows: list[dict], tokenizer, *, max_length: int, skip_invalid: bool = False,
+                  sequences: tuple[str, ...] = ("chosen", "rejected"), values: tuple[str, ...] = ()) -> PrepareReport:
+    """Validate and tokenise every row; ``sequences`` and ``values`` are what the objective reads."""
     report = PrepareReport(examples=[])
+    fields = required_fields(sequences, values)
+    prompts: dict = {}
     for n, row in enumerate(rows, start=1):
         try:
-            problem = _problem(row)
+            problem = _problem(row, fields)
             if problem:
                 raise ValueError(problem)
-            prompt = prompt_ids(tokenizer, row["messages"])
-            chosen = tokenize_completion(tokenizer, prompt, row["chosen"], complete=row.get("chosen_complete", True),
-                                         max_length=max_length)
-            rejected = tokenize_completion(tokenizer, prompt, row["rejected"],
-                                           complete=row.get("rejected_complete", True), max_length=max_length)
+            seqs = {name: _tokenize(tokenizer, *SEQUENCES[name](row, rows, n), max_length, prompts)
+                    for name in dict.fromkeys(("chosen", "rejected") + tuple(sequences))}
         except ValueError as e:
             if not skip_invalid:
                 raise PairsError(f"pairs row {n}: {e} (use --skip-invalid to skip such rows)") from None
             report.skipped.append((n, str(e)))
             continue
-        report.truncated += chosen.truncated + rejected.truncated
-        report.examples.append(PairExample(n, chosen, rejected))
+        report.truncated += sum(s.truncated for s in seqs.values())
+        chosen, rejected = seqs.pop("chosen"), seqs.pop("rejected")
+        report.examples.append(PairExample(n, chosen, rejected, seqs, {k: float(row[k]) for k in values}))
     return report
 
 
+# ----------------------------------------------------------------------------------- step plan
 def length_grouped_batches(examples: list[PairExample], batch_size: int, *, seed: int) -> list[list[int]]:
     """Indices in batches of similar length (little padding), batch order shuffled by ``seed``.
 
@@ -93,6 +183,129 @@ def length_grouped_batches(examples: list[PairExample], batch_size: int, *, seed
     return batches
 
 
+@dataclass
+class MicroBatch:
+    indices: list[int]
+    """Example indices; a zero-weight copy keeps a process with nothing left in step."""
+    weights: list[float]
+    """1.0 for a real pair, 0.0 for a filler."""
+
+
+@dataclass
+class Step:
+    micro: list[MicroBatch]
+    """This process's micro-batches (the same count on every process)."""
+    global_pairs: int
+    """Real pairs in the step over all processes: the loss normaliser."""
+    all_indices: list[int]
+    """Every example of the step, all processes (for error messages)."""
+
+
+def epoch_batches(examples: list[PairExample], global_batch: int, *, seed: int, epoch: int,
+                  shuffle: bool) -> list[list[int]]:
+    """The global batches of one epoch: length-grouped and shuffled, or in file order."""
+    if shuffle:
+        return length_grouped_batches(examples, global_batch, seed=seed + epoch)
+    return [list(range(s, min(s + global_batch, len(examples)))) for s in range(0, len(examples), global_batch)]
+
+
+def split_step(examples: list[PairExample], batch: list[int], *, batch_size: int, num_processes: int,
+               process_index: int) -> Step:
+    """Cut one global batch into micro-batches of at most ``batch_size`` pairs, the same number
+    on every process; similar lengths share a micro-batch (less padding)."""
+    ordered = sorted(batch, key=lambda i: examples[i].length, reverse=True)
+    per_process = max(1, math.ceil(len(ordered) / (batch_size * num_processes)))
+    slots = per_process * num_processes
+    base, extra = divmod(len(ordered), slots)
+    cuts, start = [], 0
+    for s in range(slots):
+        size = base + (s < extra)
+        cuts.append(ordered[start:start + size])
+        start += size
+    mine = []
+    for s in range(process_index, slots, num_processes):
+        idx = cuts[s]
+        mine.append(MicroBatch(idx, [1.0] * len(idx)) if idx else MicroBatch([ordered[-1]], [0.0]))
+    return Step(mine, len(batch), list(batch))
+
+
+# -------------------------------------------------------------------------------------- packing
+@dataclass
+class PackedBatch:
+    """Model inputs for one forward; see ``ratchet.logprobs.packed_logps`` for the layout."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    src: torch.Tensor
+    labels: torch.Tensor
+    seq_index: torch.Tensor
+    num_seqs: int
+    lengths: torch.Tensor
+    """[num_seqs] completion tokens of each sequence."""
+    tokens: int
+    """Real (non-padding) tokens in the batch."""
+
+    def model_inputs(self, device) -> dict:
+        return {"input_ids": self.input_ids.to(device), "position_ids": self.position_ids.to(device),
+                "attention_mask": self.attention_mask.to(device), "src": self.src.to(device),
+                "labels": self.labels.to(device), "seq_index": self.seq_index.to(device), "num_seqs": self.num_seqs}
+
+
+def pack(examples: list[PairExample], names: tuple[str, ...], pad_id: int, *, share_prompt: bool) -> PackedBatch:
+    """Rows for one forward over sequences ``names`` of every example.
+
+    Output slot ``k * len(examples) + b`` holds sequence ``names[k]`` of example ``b``. With
+    ``share_prompt``, sequences of an example with the same prompt go in one row: prompt, then
+    each completion with positions restarting after the prompt; a 4D mask lets a completion
+    see the prompt and itself only. The first completion token is predicted by the last prompt
+    token, as in an unshared row."""
+    rows, src, labels, slot, lengths = [], [], [], [], [0] * (len(names) * len(examples))
+    for b, ex in enumerate(examples):
+        groups: dict[tuple, list[int]] = {}
+        for k, name in enumerate(names):
+            seq = ex.sequence(name)
+            p = len(seq.input_ids) - seq.num_completion_tokens
+            groups.setdefault(tuple(seq.input_ids[:p]) if share_prompt else (k,), []).append(k)
+        for ks in groups.values():
+            first = ex.sequence(names[ks[0]])
+            p = len(first.input_ids) - first.num_completion_tokens
+            ids, pos, seg = list(first.input_ids[:p]), list(range(p)), [0] * p
+            for j, k in enumerate(ks, start=1):
+                comp = ex.sequence(names[k]).input_ids[p:]
+                out, start = k * len(examples) + b, len(ids)
+                for i, tok in enumerate(comp):
+                    src.append((len(rows), p - 1 if i == 0 else start + i - 1))
+                    labels.append(tok)
+                    slot.append(out)
+                lengths[out] = len(comp)
+                ids += comp
+                pos += range(p, p + len(comp))
+                seg += [j] * len(comp)
+            rows.append((ids, pos, seg))
+    width = max(len(r[0]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, (ids, pos, seg) in enumerate(rows):
+        input_ids[r, :len(ids)] = torch.tensor(ids)
+        position_ids[r, :len(ids)] = torch.tensor(pos)
+        segments[r, :len(ids)] = torch.tensor(seg)
+    if share_prompt:
+        q, k = segments[:, :, None], segments[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        # a key is visible if it is earlier, real, and prompt or the query's own completion;
+        # padding queries see the prompt, so no row of the mask is empty
+        mask = (causal & (k >= 0) & ((k == 0) | (k == q)))[:, None]  # [R, 1, T, T]
+    else:
+        mask = (segments >= 0).long()  # [R, T]
+    flat = torch.tensor([r * width + t for r, t in src], dtype=torch.long)
+    return PackedBatch(input_ids, position_ids, mask, flat, torch.tensor(labels, dtype=torch.long),
+                       torch.tensor(slot, dtype=torch.long), len(names) * len(examples),
+                       torch.tensor(lengths, dtype=torch.long), int((segments >= 0).sum()))
+
+
+# ------------------------------------------------- unshared [B, T] batches (kept for simple uses)
 @dataclass
 class SequenceBatch:
     """Right-padded sequences: input_ids, attention_mask, completion_mask, all [N, T]."""
@@ -120,8 +333,6 @@ def collate(seqs: list[Tokenized], pad_id: int) -> SequenceBatch:
 
 
 def collate_pairs(examples: list[PairExample], pad_id: int) -> SequenceBatch:
-    """Chosen then rejected in one batch of 2B sequences, so both go through one forward.
-
-    Row i is the chosen of pair i and row B + i its rejected; ``train.step`` splits them back
-    into named tensors right after the forward."""
+    """Chosen then rejected in one batch of 2B sequences (row i chosen of pair i, row B + i its
+    rejected), so both go through one forward."""
     return collate([e.chosen for e in examples] + [e.rejected for e in examples], pad_id)

@@ -1,142 +1,243 @@
-"""The training loop, visible top to bottom: batches -> forward -> objective -> backward -> step.
+"""The training loop, visible top to bottom: pairs -> reference log-probs -> steps -> model.
 
-Built on ``accelerate`` so the same function runs on one CPU, under ``accelerate launch`` (DDP,
-FSDP, DeepSpeed), with gradient accumulation and bf16 autocast on GPUs. It receives flat
-arguments, never a config object. It writes into ``out_dir``:
+Built on ``accelerate``: the same function runs on one CPU and under ``accelerate launch`` (DDP;
+FSDP and DeepSpeed from accelerate's config files, see ``recipes/accelerate/``), with bf16
+autocast on GPUs. It receives flat arguments, never a config object, and writes into ``out_dir``:
 
     model/               the trained weights (safetensors) and tokenizer
     train_metrics.jsonl  one row per optimizer step
     train_summary.json   counts (pairs, skipped rows, truncated completions), time, final metrics
+    checkpoints/         step-N/ every ``checkpoint_every`` steps while training (removed on success)
+
+Step arithmetic: one optimizer step consumes a global batch of
+``batch_size * grad_accum * num_processes`` pairs, cut into ``grad_accum`` micro-batches of
+``batch_size`` per process (``batches.split_step``). The loss of a micro-batch is its summed
+per-example loss times ``num_processes / global_pairs`` (DDP averages gradients over processes),
+so the gradient is the mean over the global batch however it is cut, the last, partial step
+included; gradients are synchronised on the last micro-batch only, and the scheduler steps once
+per optimizer step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ratchet.data.records import read_jsonl, write_json
+from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES
-from ratchet.train import reference
-from ratchet.train.batches import collate_pairs, length_grouped_batches, prepare_pairs
-from ratchet.train.step import pair_logps, pair_loss
+from ratchet.train import checkpoint
+from ratchet.train.batches import epoch_batches, pack, prepare_pairs, split_step
+from ratchet.train.metrics import MetricsLog, StepMetrics
+from ratchet.train.reference import cache_key, model_fingerprint, reference_logps
+from ratchet.train.step import PolicyLogps, loss_inputs, needs, split_logps
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteError(RuntimeError):
+    """A NaN or inf loss or gradient; the message names the step and the pairs rows."""
 
 
-def _mean_metrics(out, loss) -> dict[str, float]:
-    row = {"loss": loss.item()}
-    for k, v in out.metrics.items():
-        row[k] = v.float().mean().item()
-    if "margins" in out.metrics:
-        row["accuracy"] = (out.metrics["margins"] > 0).float().mean().item()
-    return row
+NonFiniteLossError = NonFiniteError  # the earlier name
+
+
+def _accelerator(log_with, out_dir: Path) -> Accelerator:
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if torch.cuda.is_available() else "no")
+    return Accelerator(log_with=log_with, project_dir=str(out_dir), mixed_precision=precision)
+
+
+def _precompute(model, examples, pairs_path: Path, accelerator, *, prefix: str, model_id: str, names, max_length,
+                pad: int, batch_size: int, progress: bool) -> dict[str, torch.Tensor]:
+    """Reference (or anchor) log-probs of ``names``, cached beside the pairs file."""
+    if not names:
+        return {}
+    key = cache_key(pairs_path, f"{model_id}:{model_fingerprint(model)}", max_length, names)
+    model.to(accelerator.device)
+    return reference_logps(model, examples, pairs_path.with_name(f"{pairs_path.name}.{prefix}-{key}.safetensors"),
+                           accelerator, pad_id=pad, batch_size=batch_size, names=names, prefix=prefix,
+                           progress=progress)
 
 
 def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss: str = "dpo",
           loss_params: dict | None = None, lr: float = 1e-5, epochs: int = 1, batch_size: int = 8,
           grad_accum: int = 1, max_length: int = 256, warmup_ratio: float = 0.1, weight_decay: float = 0.0,
           max_grad_norm: float = 1.0, seed: int = 0, skip_invalid: bool = False, reference_model=None,
-          reference_id: str = "policy-at-start", log_with: str | None = None, progress: bool = True) -> dict:
-    """Train ``model`` on the pairs at ``pairs_path`` with objective ``loss``; return the summary."""
+          reference_id: str = "policy-at-start", log_with: str | list | None = None, progress: bool = True,
+          resume: bool = False, checkpoint_every: int = 100, keep_checkpoints: int = 2,
+          gradient_checkpointing: bool = False, share_prompt: bool = True, shuffle: bool = True,
+          anchor_model=None, anchor_id: str = "anchor", ref_batch_size: int | None = None,
+          logps_chunk_size: int = 1024, project: str = "ratchet") -> dict:
+    """Train ``model`` on the pairs at ``pairs_path`` with objective ``loss``; return the summary.
+
+    ``batch_size`` pairs per micro-batch per process; ``resume`` continues from the newest
+    complete checkpoint in ``out_dir/checkpoints``; ``checkpoint_every`` steps (0: never);
+    ``share_prompt`` encodes each prompt once for all its completions (needs sdpa or eager
+    attention; silently off otherwise); ``shuffle=False`` keeps file order (for parity checks);
+    ``anchor_model`` is INPO's fixed anchor."""
     spec = LOSSES[loss]
     params = spec.make_params(**(loss_params or {}))
-    out_dir = Path(out_dir)
-    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, log_with=log_with,
-                              mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    need = needs(spec)
+    if need.anchor and anchor_model is None:
+        raise ValueError(f"objective {loss!r} reads anchor log-probs: pass anchor_model (the fixed initial model)")
+    out_dir, pairs_path = Path(out_dir), Path(pairs_path)
+    summary_path, ckpt_root = out_dir / "train_summary.json", out_dir / "checkpoints"
+    if resume and summary_path.exists() and (out_dir / "model").is_dir() and not checkpoint.latest(ckpt_root):
+        print(f"train: {out_dir} holds a finished run; nothing to resume")
+        return json.loads(summary_path.read_text())
+    accelerator = _accelerator(log_with, out_dir)
+    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
     set_seed(seed)
-    pairs_path = Path(pairs_path)
-    report = prepare_pairs(read_jsonl(pairs_path), tokenizer, max_length=max_length, skip_invalid=skip_invalid)
-    examples = report.examples
+
+    # ---- data: validate and tokenise every row before any training (errors name the row)
+    names = tuple(dict.fromkeys(need.policy + need.reference + need.anchor))
+    report = prepare_pairs(read_jsonl(pairs_path), tokenizer, max_length=max_length, skip_invalid=skip_invalid,
+                           sequences=names, values=need.values)
+    examples, pad = report.examples, tokenizer.pad_token_id
     if not examples:
         raise ValueError(f"{pairs_path}: no valid pairs to train on")
+    for row, reason in report.skipped[:10]:
+        accelerator.print(f"train: skipped pairs row {row}: {reason}")
     if report.skipped:
-        accelerator.print(f"train: skipped {len(report.skipped)} invalid rows, first: row {report.skipped[0][0]}: "
-                          f"{report.skipped[0][1]}")
+        accelerator.print(f"train: skipped {len(report.skipped)} invalid rows of {len(report.skipped) + len(examples)}")
     if report.truncated:
         accelerator.print(f"train: {report.truncated} completions truncated to max_length={max_length}")
-    pad = tokenizer.pad_token_id
 
-    ref = None
-    if spec.needs_reference:  # before any update: the untouched policy is the default reference
-        key = reference.cache_key(pairs_path, reference_id, max_length)
-        ref = reference.load_or_compute(
-            pairs_path.with_name(f"{pairs_path.name}.ref-{key}.safetensors"),
-            lambda: reference.compute_reference_logps(reference_model or model, examples, pad, batch_size * 2,
-                                                      progress and accelerator.is_main_process))
+    # ---- reference log-probs, once per dataset (the policy before any update is the default)
+    ref_bs = ref_batch_size or 2 * batch_size
+    precomputed = _precompute(reference_model or model, examples, pairs_path, accelerator, prefix="ref",
+                              model_id=reference_id, names=need.reference, max_length=max_length, pad=pad,
+                              batch_size=ref_bs, progress=progress)
+    precomputed |= _precompute(anchor_model, examples, pairs_path, accelerator, prefix="anchor", model_id=anchor_id,
+                               names=need.anchor, max_length=max_length, pad=pad, batch_size=ref_bs,
+                               progress=progress)
 
-    batches = length_grouped_batches(examples, batch_size, seed=seed)
-    steps = math.ceil(len(batches) * epochs / grad_accum)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # ---- model, optimizer, schedule
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    share = share_prompt and supports_4d_mask(model)
+    global_batch = batch_size * grad_accum * world
+    steps_per_epoch = math.ceil(len(examples) / global_batch)
+    total_steps = steps_per_epoch * epochs
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay,
+                                  fused=bool(trainable) and trainable[0].device.type in ("cpu", "cuda"))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    policy, optimizer = accelerator.prepare(PolicyLogps(model, logps_chunk_size), optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
+    policy.train()
+
+    state = {"step": 0, "pairs": 0, "tokens": 0, "seconds": 0.0}
+    if resume:
+        if main:
+            checkpoint.remove_partial(ckpt_root)
+        accelerator.wait_for_everyone()
+        last = checkpoint.latest(ckpt_root)
+        if last is not None:
+            state = checkpoint.load(accelerator, last)
+            accelerator.print(f"train: resumed from {last} (step {state['step']} of {total_steps})")
     if log_with:
-        accelerator.init_trackers("ratchet", config={"loss": loss, **vars(params), "lr": lr})
-    model.train()
+        accelerator.init_trackers(project, config={"loss": loss, **dataclasses.asdict(params), "lr": lr,
+                                                   "batch_size": batch_size, "grad_accum": grad_accum})
+    log = MetricsLog(out_dir / "train_metrics.jsonl", resume_step=state["step"], enabled=main)
+    bar = tqdm(total=total_steps * global_batch, initial=state["pairs"], unit="pair", desc=f"train {loss}",
+               disable=not (progress and main), smoothing=0.1)
+    mean_across = (lambda t: accelerator.reduce(t, "mean")) if world > 1 else (lambda t: t)
+    t0, pairs0, tokens0, seconds0, row = time.time(), state["pairs"], state["tokens"], state["seconds"], {}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = (out_dir / "train_metrics.jsonl").open("w")
-    bar = tqdm(total=steps, desc=f"train {loss}", unit="step", disable=not (progress and accelerator.is_main_process))
-    step, pairs_seen, tokens_seen, t0, row = 0, 0, 0, time.time(), {}
-    for epoch in range(epochs):
-        order = batches if epoch == 0 else length_grouped_batches(examples, batch_size, seed=seed + epoch)
-        for micro, idx in enumerate(order[accelerator.process_index::accelerator.num_processes]):
-            batch_examples = [examples[i] for i in idx]
-            with accelerator.accumulate(model):
-                seqs = collate_pairs(batch_examples, pad)
-                chosen, rejected = pair_logps(model, seqs)
-                half = len(idx)
-                out = pair_loss(spec, params, policy_chosen_logps=chosen, policy_rejected_logps=rejected,
-                                ref_chosen_logps=ref["ref_chosen_logps"][idx].to(chosen) if ref else None,
-                                ref_rejected_logps=ref["ref_rejected_logps"][idx].to(chosen) if ref else None,
-                                chosen_lengths=seqs.lengths[:half], rejected_lengths=seqs.lengths[half:])
-                loss_value = out.loss.mean()
-                if not torch.isfinite(loss_value):
-                    raise NonFiniteLossError(f"non-finite loss {loss_value.item()} at step {step + 1}, "
-                                             f"pairs rows {[e.row for e in batch_examples]}")
-                accelerator.backward(loss_value)
-                grad_norm = None
-                if accelerator.sync_gradients and max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            pairs_seen += len(idx)
-            tokens_seen += int(seqs.attention_mask.sum())
-            if accelerator.sync_gradients:
-                step += 1
-                elapsed = time.time() - t0
-                row = {"step": step, "epoch": epoch, **_mean_metrics(out, loss_value),
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                       "lr": scheduler.get_last_lr()[0], "pairs_per_s": pairs_seen / elapsed,
-                       "tokens_per_s": tokens_seen / elapsed}
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                if log_with:
-                    accelerator.log(row, step=step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row.get('accuracy', float('nan')):.2f}",
-                                pairs_s=f"{row['pairs_per_s']:.1f}")
+    # ---- the loop: each step = micro-batches (forward, objective, backward) -> check -> update
+    while state["step"] < total_steps:
+        epoch, first = divmod(state["step"], steps_per_epoch)
+        for batch in epoch_batches(examples, global_batch, seed=seed, epoch=epoch, shuffle=shuffle)[first:]:
+            plan = split_step(examples, batch, batch_size=batch_size, num_processes=world,
+                              process_index=accelerator.process_index)
+            stats = StepMetrics()
+            for m, micro in enumerate(plan.micro):
+                last_micro = m == len(plan.micro) - 1
+                accelerator.sync_gradients = last_micro  # DeepSpeed reads it in backward
+                exs = [examples[i] for i in micro.indices]
+                packed = pack(exs, need.policy, pad, share_prompt=share)
+                weights = torch.tensor(micro.weights, device=device)
+                with contextlib.nullcontext() if last_micro else accelerator.no_sync(policy):
+                    logps = split_logps(policy(**packed.model_inputs(device)), need.policy)
+                    idx = torch.tensor(micro.indices)
+                    tensors = loss_inputs(spec, logps, split_logps(packed.lengths, need.policy),
+                                          {k: v[idx].to(device) for k, v in precomputed.items()},
+                                          {k: torch.tensor([e.values[k] for e in exs], device=device)
+                                           for k in need.values}, mean_across)
+                    out = spec.fn(**tensors, **dataclasses.asdict(params))
+                    per_pair = out.loss.numel() // len(exs)
+                    weighted = out.loss * weights.repeat(per_pair)
+                    accelerator.backward(weighted.sum() * world / (plan.global_pairs * per_pair))
+                stats.add("loss", out.loss, weights)
+                for k, v in out.metrics.items():
+                    stats.add(k, v, weights)
+                if "margins" in out.metrics:
+                    stats.add("accuracy", (out.metrics["margins"] > 0).float(), weights)
+                for name in ("chosen", "rejected"):
+                    if name in logps:
+                        stats.add(f"{name}_logps", logps[name], weights)
+                stats.add_total("tokens", float(packed.tokens))
+                bad = ~torch.isfinite(out.loss.detach().view(per_pair, -1)).all(0) & (weights > 0)
+                stats.bad_rows += [e.row for e, b in zip(exs, bad.tolist()) if b]
+            grad_norm = accelerator.clip_grad_norm_(policy.parameters(),
+                                                    max_grad_norm if max_grad_norm > 0 else float("inf"))
+            means, totals = stats.reduce(accelerator)
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            if not math.isfinite(means["loss"]) or not math.isfinite(grad_norm):
+                bad_rows = sorted(gather_object(stats.bad_rows) if world > 1 else stats.bad_rows)
+                what = "loss" if not math.isfinite(means["loss"]) else "gradient norm"
+                raise NonFiniteError(
+                    f"non-finite {what} at step {state['step'] + 1} (loss {means['loss']}, grad norm {grad_norm}); "
+                    f"pairs rows in this step: {sorted(examples[i].row for i in plan.all_indices)}"
+                    + (f"; rows with a non-finite loss: {bad_rows}" if bad_rows else "")
+                    + f". Not updated; last good checkpoint: {checkpoint.latest(ckpt_root) or 'none'}")
+            step_lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state = {"step": state["step"] + 1, "pairs": state["pairs"] + plan.global_pairs,
+                     "tokens": state["tokens"] + int(totals["tokens"]),
+                     "seconds": seconds0 + time.time() - t0}
+            elapsed = time.time() - t0
+            row = {"step": state["step"], "epoch": epoch, **{k: v for k, v in means.items() if k != "tokens"},
+                   "grad_norm": grad_norm, "lr": step_lr, "pairs_per_s": (state["pairs"] - pairs0) / elapsed,
+                   "tokens_per_s": (state["tokens"] - tokens0) / elapsed}
+            log.write(row)
+            if log_with:
+                accelerator.log(row, step=state["step"])
+            bar.update(plan.global_pairs)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('accuracy', float('nan')):.2f}")
+            if checkpoint_every and state["step"] % checkpoint_every == 0 and state["step"] < total_steps:
+                checkpoint.save(accelerator, ckpt_root, state["step"], {**state, "epoch": epoch},
+                                keep=keep_checkpoints)
     bar.close()
-    metrics_file.close()
+    log.close()
 
-    accelerator.wait_for_everyone()
-    summary = {"loss": loss, "params": vars(params), "pairs": len(examples), "skipped": len(report.skipped),
-               "skipped_rows": report.skipped, "truncated": report.truncated, "steps": step,
-               "seconds": time.time() - t0, "final": row}
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(out_dir / "model", safe_serialization=True)
+    # ---- the trained model, the summary; checkpoints are no longer needed
+    summary = {"loss": loss, "params": dataclasses.asdict(params), "pairs": len(examples),
+               "skipped": len(report.skipped), "skipped_rows": report.skipped, "truncated": report.truncated,
+               "steps": state["step"], "global_batch": global_batch, "seconds": time.time() - t0, "final": row}
+    weights_state = accelerator.get_state_dict(policy)  # collective under FSDP/DeepSpeed
+    if main:
+        inner = accelerator.unwrap_model(policy).model
+        inner.save_pretrained(out_dir / "model", state_dict={k.removeprefix("model."): v
+                                                             for k, v in weights_state.items()},
+                              safe_serialization=True)
         tokenizer.save_pretrained(out_dir / "model")
-        write_json(out_dir / "train_summary.json", summary)
+        write_json(summary_path, summary)
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary

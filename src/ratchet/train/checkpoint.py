@@ -1,0 +1,82 @@
+"""Checkpoints that survive a crash at any moment: the only module that writes or reads training state.
+
+A checkpoint is a directory ``<out>/checkpoints/step-NNNNNNN/`` holding what
+``accelerator.save_state`` writes (weights, optimizer, registered scheduler, every process's RNG
+states; sharded under FSDP/DeepSpeed) plus ``trainer_state.json`` (step, data position,
+counters). It is written as ``.step-NNNNNNN.tmp/``, ``trainer_state.json`` last, flushed to disk,
+then renamed: a directory named ``step-*`` with a ``trainer_state.json`` is always complete. Older
+checkpoints are deleted only after the new one is in place. Assumes a filesystem shared by all
+processes (one machine, or a network filesystem).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"step-(\d+)")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")) + [path]:
+        _fsync(p)
+
+
+def complete(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)))
+
+
+def latest(root: Path) -> Path | None:
+    found = complete(root)
+    return found[-1] if found else None
+
+
+def save(accelerator, root: Path, step: int, state: dict, *, keep: int) -> Path:
+    """Write checkpoint ``step`` atomically (collective: every process calls it)."""
+    final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step after a resume: same content
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)  # the rename itself
+        for old in complete(root)[:-max(1, keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(accelerator, path: Path) -> dict:
+    """Restore everything ``save`` wrote into the prepared objects; return the trainer state."""
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def remove_partial(root: Path) -> None:
+    """Delete half-written checkpoints left by a crash (main process only)."""
+    if root.is_dir():
+        for p in root.glob(".step-*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,200 @@
+"""Pair strategies and unpaired (KTO) rows on hand-made rows; expected outputs derived in comments."""
+
+import math
+import random
+
+import pytest
+
+from ratchet.data.pairing import (RA_TEMPLATES, build_pairs, build_unpaired, dstc_select, rso_sample,
+                                  unpaired_from_pairs)
+
+
+def _row(texts, reasons=None, **extra):
+    return {"id": "p", "messages": [{"role": "user", "content": "q"}], **extra,
+            "completions": [{"text": t, "finish_reason": (reasons or ["eos"] * len(texts))[i]}
+                            for i, t in enumerate(texts)]}
+
+
+def _pairs(row, scores, strategy, max_pairs=10, correct=None, **params):
+    judged = {"id": "p", "scores": scores, **({"correct": correct} if correct is not None else {})}
+    return build_pairs([row], [judged], strategy=strategy, max_pairs_per_prompt=max_pairs, **params)
+
+
+def _cr(pairs):
+    return {(p["chosen"], p["rejected"]) for p in pairs}
+
+
+def test_correct_vs_incorrect_leaves_out_unknown_correctness():
+    # "maybe" has correct=None (e.g. a sandbox error): neither chosen nor rejected
+    row = _row(["right", "wrong", "maybe"])
+    pairs = _pairs(row, [1, 0, 0], "correct_vs_incorrect", correct=[True, False, None])
+    assert _cr(pairs) == {("right", "wrong")}
+
+
+def test_best_vs_random():
+    # best = "b" (1.0; its duplicate at index 3 is the same text); strictly lower: "a" (0.5), "c" (0.0)
+    row = _row(["a", "b", "c", "b"])
+    assert _cr(_pairs(row, [0.5, 1.0, 0.0, 1.0], "best_vs_random")) == {("b", "a"), ("b", "c")}
+    assert len(_pairs(row, [0.5, 1.0, 0.0, 1.0], "best_vs_random", max_pairs=1)) == 1
+    assert _pairs(_row(["a", "b"]), [1.0, 1.0], "best_vs_random") == []  # nothing strictly lower
+
+
+def test_score_margin():
+    # distinct texts a (1.0), b (0.5), c (0.0); differences: a-b 0.5, a-c 1.0, b-c 0.5
+    row = _row(["a", "b", "c", "b"])
+    scores = [1.0, 0.5, 0.0, 0.5]
+    assert _cr(_pairs(row, scores, "score_margin", margin=0.5)) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert _cr(_pairs(row, scores, "score_margin", margin=0.6)) == {("a", "c")}
+    two = _pairs(row, scores, "score_margin", max_pairs=2, margin=0.5)
+    assert len(two) == 2 and _cr(two) <= {("a", "b"), ("a", "c"), ("b", "c")}
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        _pairs(row, scores, "score_margin", margin=0)
+
+
+def test_rso_sample_limits():
+    scores = [0.2, 0.9, 0.5, 0.7]
+    # beta -> 0: each pass accepts only the current maximum, so the top-3 in reward order
+    assert rso_sample(scores, 3, 1e-9, random.Random(0)) == [1, 3, 2]
+    # beta -> inf: exp(0) = 1, everything in the (shuffled) pool is accepted in the first pass,
+    # so the result is a uniform random 2-subset: each index is in it with probability 1/2
+    counts = [0] * 4
+    for seed in range(400):
+        picked = rso_sample(scores, 2, 1e9, random.Random(seed))
+        assert len(set(picked)) == 2
+        for i in picked:
+            counts[i] += 1
+    assert all(abs(c / 400 - 0.5) < 0.1 for c in counts)
+
+
+def test_rso_sample_acceptance_probability():
+    # scores [1, 0], beta 1, m 1: pool order [0, 1] (prob 1/2) accepts 0 at once; order [1, 0]
+    # gives 1 a chance exp((0 - 1)/1) first. So P(result == [1]) = 0.5 * e^-1 = 0.1839.
+    hits = sum(rso_sample([1.0, 0.0], 1, 1.0, random.Random(s)) == [1] for s in range(3000))
+    assert abs(hits / 3000 - 0.5 * math.exp(-1)) < 0.025
+
+
+def test_rso_pairs_first_round():
+    # beta -> 0 accepts b (0.9), d (0.7), c (0.5), a (0.2); first-round pairs (b, d), (c, a)
+    row = _row(["a", "b", "c", "d"])
+    scores = [0.2, 0.9, 0.5, 0.7]
+    pairs = _pairs(row, scores, "rso", beta=1e-9, num_samples=4)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("b", "d"), ("c", "a")]
+    capped = _pairs(row, scores, "rso", max_pairs=1, beta=1e-9, num_samples=4)
+    assert [(p["chosen"], p["rejected"]) for p in capped] == [("b", "d")]
+    # equal scores give no pair: accepted order is the two 1.0s, then the two 0.0s
+    assert _pairs(row, [1.0, 1.0, 0.0, 0.0], "rso", beta=1e-9, num_samples=4) == []
+
+
+def test_gold_vs_samples():
+    # gold = "Answer: 7" from row["answer"]; samples scoring <= 1.0 - 0.5: "Answer: 8" (dup once), "Answer: 9"
+    row = _row(["Answer: 7", "Answer: 8", "Answer: 9", "Answer: 8"], ["eos", "eos", "length", "eos"], answer="7")
+    pairs = _pairs(row, [1, 0, 0, 0], "gold_vs_samples", gold_template="Answer: {gold}")
+    assert _cr(pairs) == {("Answer: 7", "Answer: 8"), ("Answer: 7", "Answer: 9")}
+    assert all(p["chosen_complete"] and p["chosen_score"] == 1.0 for p in pairs)
+    assert {p["rejected"]: p["rejected_complete"] for p in pairs} == {"Answer: 8": True, "Answer: 9": False}
+    # lowest first: "c" (0.0) before "b" (0.4); "a" (1.0) is not worse. row["gold"] wins over "answer"
+    row = _row(["a", "b", "c"], answer="7", gold="The sum is 7.")
+    assert _cr(_pairs(row, [1.0, 0.4, 0.0], "gold_vs_samples", max_pairs=1)) == {("The sum is 7.", "c")}
+    with pytest.raises(ValueError, match="neither 'gold' nor 'answer'"):
+        _pairs(_row(["a"]), [0.0], "gold_vs_samples")
+
+
+def test_dstc_select_minimax():
+    #        t0 t1 t2 t3  | passes
+    # c0     1  1  0  1   | 3
+    # c1     1  0  0  1   | 2
+    # c2     1  1  1  1   | 4   <- j' (most passes)
+    # c3     0  0  0  1   | 1
+    # passes 3  2  1  4
+    # k' = strictest test c2 passes = t2 (1); k* = most lenient test someone fails = t0 (3);
+    # j* = a code failing t0 other than c2 with fewest passes = c3
+    m = [[1, 1, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+    assert dstc_select(m) == (2, 2, 3, 0)
+    # ties go to the lowest index: k' between t0, t1 (2 each) -> t0; k* likewise t0;
+    # codes failing t0: c2 (0 passes), c3 (1) -> c2
+    assert dstc_select([[1, 0], [1, 1], [0, 0], [0, 1]]) == (1, 0, 2, 0)
+    assert dstc_select([[1, 1], [1, 1]]) is None  # every code passes every test
+    assert dstc_select([[0, 0], [0, 0]]) is None  # the chosen code passes nothing
+    # j' = c0 (tie -> lowest), k* = t1 (2 of 3 pass); the only code failing t1 is c0 itself
+    assert dstc_select([[1, 0], [0, 1], [0, 1]]) is None
+
+
+def test_dstc_pairs_concatenate_code_and_test():
+    m = [[1, 1, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+    row = _row(["code0", "code1", "code2", "code3"], tests=["t0", "t1", "t2", "t3"])
+    judged = {"id": "p", "scores": [0.75, 0.5, 1.0, 0.25], "pass_matrix": m}
+    [pair] = build_pairs([row], [judged], strategy="dstc", max_pairs_per_prompt=2)
+    assert pair["chosen"] == "code2\n\nt2" and pair["rejected"] == "code3\n\nt0"
+    assert (pair["chosen_score"], pair["rejected_score"]) == (1.0, 0.25)  # 4/4 and 1/4 tests passed
+    [pair] = build_pairs([row], [judged], strategy="dstc", max_pairs_per_prompt=1, concat="{test}|{code}")
+    assert pair["chosen"] == "t2|code2"
+    with pytest.raises(ValueError, match="needs row\\['tests'\\] and judged\\['pass_matrix'\\]"):
+        build_pairs([row], [{"id": "p", "scores": [0] * 4}], strategy="dstc", max_pairs_per_prompt=1)
+    with pytest.raises(ValueError, match="4 codes x 4 tests"):
+        build_pairs([row], [{**judged, "pass_matrix": m[:3]}], strategy="dstc", max_pairs_per_prompt=1)
+
+
+def _contents(pair):
+    return "\n".join(m["content"] for m in pair["messages"])
+
+
+def test_reward_augmented_duplicates_and_swaps():
+    row = _row(["good", "bad"])
+    pos, neg = _pairs(row, [8.0, 3.5], "reward_augmented")
+    # positive-goal copy: s(8) + x, good > bad; the integer score is printed without ".0"
+    assert pos["messages"][0] == {"role": "system", "content": RA_TEMPLATES["paper"].format(score="8")}
+    assert (pos["chosen"], pos["rejected"], pos["chosen_score"]) == ("good", "bad", 8.0)
+    # negative-goal copy: s(3.5) + x, the responses swapped: chosen is the original rejected
+    assert neg["messages"][0]["content"].endswith("Overall score: 3.5.")
+    assert (neg["chosen"], neg["rejected"], neg["chosen_score"], neg["rejected_score"]) == ("bad", "good", 3.5, 8.0)
+    assert all(_contents(p).count("Overall score") == 1 for p in (pos, neg))
+    assert row["messages"] == [{"role": "user", "content": "q"}]  # the input row is not modified
+
+
+def test_reward_augmented_options():
+    row = _row(["good", "bad"])
+    pos, _ = _pairs(row, [1.0, 0.0], "reward_augmented", template="unit", goal_in="user")
+    assert pos["messages"] == [{"role": "user", "content": RA_TEMPLATES["unit"].format(score="1") + "\n\nq"}]
+    row["messages"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}]
+    pos, neg = _pairs(row, [0.75, 0.0], "reward_augmented", template="Target {score}.")
+    assert pos["messages"][0] == {"role": "system", "content": "Target 0.75.\n\nBe brief."}
+    assert neg["messages"][0]["content"] == "Target 0.\n\nBe brief."
+    # base correct_vs_incorrect: 1 correct x 2 incorrect = 2 pairs -> 4 rows
+    assert len(_pairs(_row(["r", "w1", "w2"]), [1, 0, 0], "reward_augmented", base="correct_vs_incorrect")) == 4
+    with pytest.raises(ValueError, match="contain '\\{score\\}'"):
+        _pairs(row, [1.0, 0.0], "reward_augmented", template="no placeholder")
+    with pytest.raises(ValueError, match="base must be another strategy"):
+        _pairs(row, [1.0, 0.0], "reward_augmented", base="reward_augmented")
+
+
+def test_unknown_strategy_parameter_is_named():
+    row = _row(["a", "b"])
+    with pytest.raises(ValueError, match="pair strategy 'best_vs_worst' has no parameter 'margin'"):
+        _pairs(row, [1.0, 0.0], "best_vs_worst", margin=0.5)
+    with pytest.raises(ValueError, match="'rso' has no parameter 'betta'.*'beta', 'num_samples'"):
+        _pairs(row, [1.0, 0.0], "rso", betta=0.5)
+
+
+def test_build_unpaired_balances_and_caps():
+    # correct: r1 (twice, counted once), w1, w2 false, r2 unknown (left out)
+    row = _row(["r1", "w1", "w2", "r1", "r2"], ["eos", "length", "eos", "eos", "eos"])
+    judged = {"id": "p", "scores": [1, 0, 0, 1, 0], "correct": [True, False, False, True, None]}
+    rows = build_unpaired([row], [judged], max_per_prompt=10)
+    assert sorted((r["completion"], r["label"]) for r in rows) == [("r1", True), ("w1", False), ("w2", False)]
+    assert {r["completion"]: r["complete"] for r in rows}["w1"] is False
+    assert set(rows[0]) == {"id", "messages", "completion", "label", "complete"}
+    # cap 2 alternates the classes: one desirable, one undesirable
+    assert sorted(r["label"] for r in build_unpaired([row], [judged], max_per_prompt=2)) == [False, True]
+    # threshold labeller: score >= 0.5 (r2's unknown correctness does not matter here; it scores 0)
+    rows = build_unpaired([row], [judged], labeller="threshold", threshold=0.5, max_per_prompt=10)
+    assert sorted((r["completion"], r["label"]) for r in rows) == [("r1", True), ("r2", False), ("w1", False),
+                                                                    ("w2", False)]
+    with pytest.raises(ValueError, match="labeller 'correct' has no parameter 'threshold'"):
+        build_unpaired([row], [judged], threshold=0.5)
+
+
+def test_unpaired_from_pairs():
+    pair = {"id": "p", "messages": [], "chosen": "c", "rejected": "r", "chosen_score": 1, "rejected_score": 0,
+            "chosen_complete": True, "rejected_complete": False}
+    assert [(u["completion"], u["label"], u["complete"]) for u in unpaired_from_pairs([pair])] == [
+        ("c", True, True), ("r", False, False)]

@@ -3,6 +3,7 @@
     ratchet models                                   known model names
     ratchet demo [key=value ...]                     one round on the embedded model, before/after table
     ratchet loop RECIPE.yaml [key=value ...]         rounds with the ratchet gate
+    ratchet report RUN_DIR                           regenerate report.html and print the summary
     ratchet prompts  --split train|heldout --out P   task prompts
     ratchet generate --model M --prompts P --out C   k completions per prompt
     ratchet judge    --completions C --out J
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ratchet.config import ConfigError, RunConfig, load_config, save_config
+from ratchet.loop.manifest import StaleStageError
 
 
 def _models(args, cfg: RunConfig) -> None:
@@ -45,6 +47,20 @@ def _loop(args, cfg: RunConfig) -> None:
         kept = sum(1 for r in summary["rounds"][1:] if r["kept"])
         print(f"loop: rounds={cfg.rounds} accuracy {summary['accuracy_start']:.3f} -> {summary['accuracy_best']:.3f} "
               f"kept={kept} minutes={summary['minutes']:.1f}")
+
+
+def _report(args, cfg: RunConfig) -> None:
+    import json
+
+    from ratchet.loop.report import print_summary, write_report
+
+    run = Path(args.run)
+    summary_path = run / "summary.json"
+    if not summary_path.exists():
+        raise SystemExit(f"ratchet: {summary_path} does not exist; is {run} a run directory?")
+    summary = json.loads(summary_path.read_text())
+    print_summary(summary)
+    print(write_report(run, summary))
 
 
 def _stage_output(path: str, cfg: RunConfig) -> Path:
@@ -103,6 +119,7 @@ COMMANDS = {
     "models": (_models, []),
     "demo": (_loop, []),
     "loop": (_loop, [("recipe_pos", dict(nargs="?", help="recipe YAML"))]),
+    "report": (_report, [("run", dict(help="run directory, e.g. runs/arithmetic-dpo"))]),
     "prompts": (_prompts, [("--split", dict(choices=["train", "heldout"], default="train")), ("--out", dict(required=True))]),
     "generate": (_generate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
                              ("--out", dict(required=True))]),
@@ -141,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ratchet: config error: {e}", file=sys.stderr)
         return 2
+    except StaleStageError as e:
+        print(f"ratchet: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

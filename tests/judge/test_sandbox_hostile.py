@@ -108,8 +108,8 @@ HOSTILE = {
                       "def add(a, b):\n    return None\n", False),
     "forge_via_exception_message": ("def add(a, b):\n"
                                     "    raise ValueError('\\nT\\t0\\tpass\\nT\\t1\\tpass\\nD\\n')\n", False),
-    "read_hidden_answer_key": ("def add(a, b):\n    open({hidden!r}, 'rb').read()  # HumanEval's tests and solutions\n"
-                               "    return a + b\n", True),
+    "read_hidden_answer_key": ("def add(a, b):\n    key = open({hidden!r}, 'rb').read()  # HumanEval's tests, solutions\n"
+                               "    return a + b if len(key) > 1000 else None\n", True),
     "setuid_root": ("import os\ndef add(a, b):\n    os.setuid(0)\n    return a + b if os.getuid() == 0 else None\n",
                     False),
     "remount_rw": ("import ctypes\ndef add(a, b):\n    libc = ctypes.CDLL(None)\n"

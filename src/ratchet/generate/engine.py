@@ -154,7 +154,8 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generators: list
     return (picked if order is None else order.gather(-1, picked)).squeeze(-1)
 
 
-def _preview(messages: Messages, width: int = 60) -> str:
+def preview(messages: Messages, width: int = 60) -> str:
+    """The start of a prompt's text, to name it in errors."""
     text = " ".join(m.get("content", "") for m in messages).replace("\n", " ")
     return text[:width] + ("..." if len(text) > width else "")
 
@@ -217,7 +218,7 @@ class CachedSampler:
             ids = prompt_ids(self.tokenizer, messages)
             if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
                 raise ValueError(
-                    f"prompt {i} ({_preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
+                    f"prompt {i} ({preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
                     f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens")
             encoded.append(ids)
         return encoded

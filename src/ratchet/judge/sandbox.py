@@ -141,7 +141,7 @@ class Sandbox:
     """Runs jobs; ``run`` is thread-safe, ``run_many`` uses ``workers`` threads.
 
     ``hide_paths``: files or directories the program must not see (e.g. the task file holding the
-    tests); ``site_packages``: let programs import the harness's installed packages (slower start);
+    tests): they read as empty (needs the mount namespace); ``site_packages``: let programs import the harness's installed packages (slower start);
     ``hide_home``: mask the harness user's home directory; ``require_isolation``: raise
     ``SandboxError`` rather than run without uids and namespaces."""
 

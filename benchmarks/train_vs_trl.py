@@ -1,0 +1,218 @@
+"""ratchet's trainer vs TRL's DPOTrainer: same model, same pairs, same batches, side by side.
+
+    python benchmarks/train_vs_trl.py [--reps 3] [--pairs 64] [--batch-size 8]
+
+Model: SmolLM2-135M-Instruct (``ratchet.models.resolve_model("smollm2-135m")``), float32, CPU.
+Data: ``--pairs`` arithmetic prompts (``ratchet.data.arithmetic.make_problems``), each with a
+correct and a wrong worked solution of 30-120 tokens, synthesised deterministically (the number
+of worked steps is drawn from a seeded RNG per pair).
+Job: DPO (beta 0.1, sigmoid), full fine-tuning, one epoch, batch 8, lr 5e-6, no warm-up,
+linear decay, AdamW (fused), grad-norm clip 1.0, max_length 512 (nothing is truncated).
+
+Each system runs in its own fresh process, ``--reps`` times, alternating which goes first;
+the table shows medians. Time is what a user waits for once the model is loaded: for ratchet
+the ``train()`` call (tokenisation, reference log-prob precomputation on a fresh copy of the
+pairs file, training, saving the model); for TRL ``DPOTrainer(...)`` (tokenisation, loading
+its reference model) plus ``trainer.train()`` (no saving). Peak RSS is
+``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of each child.
+
+TRL is configured as its users would for this job: ``DPOConfig`` defaults (reference model
+kept and run every step, ``precompute_ref_log_probs=False``; gradient checkpointing on),
+fp32 on CPU (``use_cpu=True``, ``bf16=False``). ratchet uses gradient checkpointing too.
+Alignment: both read the pairs in file order with no shuffling (TRL
+``train_sampling_strategy="sequential"``, ratchet ``shuffle=False``), so step k sees the same 8
+pairs in both; TRL gets the same token ids (the prompt is the chat-templated string, TRL appends
+the EOS text ``<|im_end|>`` to each answer; ratchet appends the EOS id), checked by comparing
+the mean chosen log-prob of step 1. TRL's loss per step is read from ``compute_loss`` itself
+(wrapped), not from its rounded logs.
+
+The last line is machine-readable:
+``train_vs_trl: speedup=<ratchet pairs/s / TRL pairs/s> memory_ratio=<ratchet peak RSS / TRL
+peak RSS> loss_step1_absdiff=<|difference of the first step's loss|>``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BETA, LR, MAX_LENGTH = 0.1, 5e-6, 512
+FILLER = [
+    "I read the question again and write down every number.",
+    "The question asks for one whole number at the end.",
+    "I check which operation each sentence describes.",
+    "Only the actions described change the quantities.",
+    "The units stay the same, so no conversion is needed.",
+    "Each intermediate result is a whole number, a good sign.",
+    "Let me double-check by redoing it in a different order.",
+    "Writing the steps out keeps small slips from going unnoticed.",
+]
+
+
+def make_pairs(n: int, seed: int = 0) -> list[dict]:
+    """``n`` pairs: a correct and a wrong worked solution of a varying number of steps."""
+    from ratchet.data.arithmetic import make_problems
+
+    rng = random.Random(seed)
+    pairs = []
+    for p in make_problems(n, split="train", seed=seed):
+        answer = int(p["answer"])
+        numbers = re.findall(r"\d+", p["messages"][0]["content"])
+        worked = f"The numbers are {', '.join(numbers)}."
+
+        def solution(k: int, result: int) -> str:
+            steps = [f"Step {i + 1}: {FILLER[(i + k) % len(FILLER)]}" for i in range(k)]
+            return "\n".join(steps + [worked, f"Answer: {result}"])
+
+        pairs.append({"id": p["id"], "messages": p["messages"],
+                      "chosen": solution(rng.randint(1, 6), answer),
+                      "rejected": solution(rng.randint(1, 6), answer + rng.choice([-3, -2, -1, 1, 2, 5]))})
+    return pairs
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ratchet(pairs_file: Path, batch_size: int, work: Path) -> dict:
+    from ratchet.models import load_model
+    from ratchet.train.loop import train
+
+    model, tokenizer = load_model("smollm2-135m", dtype="float32")
+    fresh = work / "pairs.jsonl"  # a fresh copy: the reference log-probs are computed, not read from a cache
+    shutil.copy(pairs_file, fresh)
+    t0 = time.perf_counter()
+    summary = train(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
+                    batch_size=batch_size, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
+                    max_grad_norm=1.0, shuffle=False, checkpoint_every=0, gradient_checkpointing=True,
+                    progress=False)
+    seconds = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (work / "out" / "train_metrics.jsonl").read_text().splitlines()]
+    return {"seconds": seconds, "pairs": summary["pairs"], "steps": summary["steps"],
+            "losses": [r["loss"] for r in rows], "chosen_logps_step1": rows[0]["chosen_logps"],
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_trl(pairs_file: Path, batch_size: int, work: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from ratchet.models import resolve_model
+
+    where = resolve_model("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    data = Dataset.from_list([{"prompt": tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True,
+                                                                       tokenize=False),
+                               "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    args = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=batch_size,
+                     gradient_accumulation_steps=1, learning_rate=LR, num_train_epochs=1, max_length=MAX_LENGTH,
+                     beta=BETA, use_cpu=True, bf16=False, logging_steps=1, save_strategy="no", report_to="none",
+                     train_sampling_strategy="sequential", disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    t0 = time.perf_counter()
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    losses, compute_loss = [], trainer.compute_loss
+
+    def recording_compute_loss(*a, **kw):  # the exact float loss of each step, before any rounding
+        out = compute_loss(*a, **kw)
+        losses.append(float((out[0] if isinstance(out, tuple) else out).detach()))
+        return out
+
+    trainer.compute_loss = recording_compute_loss
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    logged = [h for h in trainer.state.log_history if "logps/chosen" in h]
+    return {"seconds": seconds, "pairs": len(rows), "steps": trainer.state.global_step, "losses": losses,
+            "chosen_logps_step1": logged[0]["logps/chosen"], "peak_rss_mb": _peak_rss_mb()}
+
+
+def child(system: str, pairs_file: Path, batch_size: int, result: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as work:
+        out = (run_ratchet if system == "ratchet" else run_trl)(pairs_file, batch_size, Path(work))
+    result.write_text(json.dumps(out))
+
+
+def _spawn(system: str, pairs_file: Path, batch_size: int, work: Path, rep: int) -> dict:
+    result = work / f"{system}-{rep}.json"
+    cmd = [sys.executable, __file__, "--child", system, "--pairs-file", str(pairs_file),
+           "--batch-size", str(batch_size), "--result", str(result)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{system} child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    out = json.loads(result.read_text())
+    out["pairs_per_s"] = out["pairs"] / out["seconds"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--child", choices=["ratchet", "trl"])
+    ap.add_argument("--pairs-file", type=Path)
+    ap.add_argument("--result", type=Path)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.pairs_file, args.batch_size, args.result)
+
+    from transformers import AutoTokenizer
+
+    from ratchet.data.records import write_jsonl
+    from ratchet.models import resolve_model
+
+    work = Path(tempfile.mkdtemp(prefix="train_vs_trl-"))
+    pairs = make_pairs(args.pairs)
+    pairs_file = write_jsonl(work / "pairs.jsonl", pairs)
+    tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    lengths = [len(tok(p[k])["input_ids"]) + 1 for p in pairs for k in ("chosen", "rejected")]
+    prompt = len(tok.apply_chat_template(pairs[0]["messages"], add_generation_prompt=True))
+    print(f"{args.pairs} pairs, completions {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
+          f"prompt ~{prompt} tokens; batch {args.batch_size}; {args.reps} repetitions, each in a fresh process")
+    runs: dict[str, list[dict]] = {"ratchet": [], "trl": []}
+    for rep in range(args.reps):
+        for system in (("ratchet", "trl") if rep % 2 == 0 else ("trl", "ratchet")):
+            r = _spawn(system, pairs_file, args.batch_size, work, rep)
+            runs[system].append(r)
+            print(f"  rep {rep + 1} {system:7s} {r['seconds']:7.1f} s  {r['pairs_per_s']:6.2f} pairs/s  "
+                  f"peak RSS {r['peak_rss_mb']:7.0f} MB  step-1 loss {r['losses'][0]:.6f}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "pairs_per_s", "peak_rss_mb")}
+           for s, rs in runs.items()}
+    first = {s: rs[0] for s, rs in runs.items()}
+    steps = min(len(first["ratchet"]["losses"]), len(first["trl"]["losses"]))
+    max_diff = max(abs(a - b) for a, b in zip(first["ratchet"]["losses"][:steps], first["trl"]["losses"][:steps]))
+    print()
+    print(f"{'':26s} {'ratchet':>12s} {'TRL':>12s}")
+    print(f"{'seconds (median)':26s} {med['ratchet']['seconds']:12.1f} {med['trl']['seconds']:12.1f}")
+    print(f"{'pairs/s (median)':26s} {med['ratchet']['pairs_per_s']:12.3f} {med['trl']['pairs_per_s']:12.3f}")
+    print(f"{'peak RSS MB (median)':26s} {med['ratchet']['peak_rss_mb']:12.0f} {med['trl']['peak_rss_mb']:12.0f}")
+    print(f"{'optimizer steps':26s} {first['ratchet']['steps']:12d} {first['trl']['steps']:12d}")
+    print(f"{'step-1 loss':26s} {first['ratchet']['losses'][0]:12.6f} {first['trl']['losses'][0]:12.6f}")
+    print(f"{'step-1 mean chosen logp':26s} {first['ratchet']['chosen_logps_step1']:12.4f} "
+          f"{first['trl']['chosen_logps_step1']:12.4f}")
+    print(f"{'last-step loss':26s} {first['ratchet']['losses'][steps - 1]:12.6f} "
+          f"{first['trl']['losses'][steps - 1]:12.6f}")
+    print(f"{'max |loss diff| all steps':26s} {max_diff:12.2e}")
+    speedup = med["ratchet"]["pairs_per_s"] / med["trl"]["pairs_per_s"]
+    memory_ratio = med["ratchet"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
+    absdiff = abs(first["ratchet"]["losses"][0] - first["trl"]["losses"][0])
+    print(f"train_vs_trl: speedup={speedup:.2f} memory_ratio={memory_ratio:.2f} loss_step1_absdiff={absdiff:.2e}")
+
+
+if __name__ == "__main__":
+    main()

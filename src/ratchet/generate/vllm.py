@@ -1,0 +1,109 @@
+"""``VLLMSampler``: the ``Sampler`` protocol on vLLM, for machines with a GPU and ``vllm`` installed.
+
+An optional extra (``pip install ratchet[vllm]``), never required: ``vllm`` is imported only when
+a ``VLLMSampler`` is built. UNTESTED in ratchet's CI and on its development machines (no GPU):
+it is written against vLLM's documented offline API (``LLM``, ``SamplingParams``, ``LLM.generate``
+with token-id prompts, ``CompletionOutput.finish_reason``/``stop_reason``); only the conversions
+to and from vLLM's types are unit-tested, with stand-in objects.
+
+Same prompts and same results format as the transformers samplers: prompts are formatted with
+ratchet's own chat templating (``prompt_ids``) and given to vLLM as token ids; stop strings are
+kept in the text; token counts are counted as ``HFSampler`` counts them. Each prompt gets its own
+seed derived from (seed, prompt index), so its k completions do not depend on the other prompts.
+vLLM holds the only copy of the model; the caller should not keep one loaded for sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+from ratchet.data.tokenize import prompt_ids
+from ratchet.generate.base import Messages, Sample, SamplingParams
+from ratchet.generate.engine import preview
+from ratchet.generate.hf import cut_at_stop
+
+
+def is_available() -> bool:
+    """True when ``vllm`` is importable and a CUDA GPU is present."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def prompt_seed(seed: int, prompt: int) -> int:
+    """A 31-bit seed per prompt: no two (seed, prompt) pairs share a random stream by construction."""
+    digest = hashlib.sha256(f"ratchet-vllm/{seed}/{prompt}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def vllm_kwargs(params: SamplingParams, prompt: int) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams`` for prompt number ``prompt``."""
+    return dict(n=params.k, temperature=params.temperature, top_p=params.top_p,
+                max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
+                include_stop_str_in_output=True,  # ratchet keeps the stop string in the text
+                skip_special_tokens=True, seed=prompt_seed(params.seed, prompt))
+
+
+def to_sample(output, tokenizer, params: SamplingParams) -> Sample:
+    """A ``Sample`` from a vLLM ``CompletionOutput``.
+
+    vLLM reports finish_reason "stop" for both EOS and stop strings; ``stop_reason`` is None for
+    EOS, the matched string for a stop string. The text is cut again with ``cut_at_stop`` so it
+    ends exactly as the transformers samplers' would."""
+    text, stopped = cut_at_stop(output.text, params.stop)
+    if stopped:
+        return Sample(text=text, num_tokens=len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                      finish_reason="stop")
+    ids = [t for t in output.token_ids if t != tokenizer.eos_token_id]
+    reason = "length" if output.finish_reason == "length" else "eos"
+    return Sample(text=text, num_tokens=len(ids), finish_reason=reason)
+
+
+class VLLMSampler:
+    """k completions per prompt with vLLM's offline ``LLM`` (the model is loaded by vLLM).
+
+    ``model``: a ratchet model name, a local model directory or a hub id. ``tokenizer``: the
+    Hugging Face tokenizer used for chat templating (loaded from the model when omitted).
+    ``llm_kwargs`` go to ``vllm.LLM`` (``gpu_memory_utilization``, ``dtype``, ...).
+    """
+
+    def __init__(self, model: str, tokenizer=None, *, max_context: int | None = None, progress: bool = True,
+                 **llm_kwargs):
+        try:
+            import vllm
+        except ImportError as err:
+            raise ImportError("VLLMSampler needs vLLM and a GPU: pip install 'ratchet[vllm]'") from err
+        from ratchet.models import resolve_model
+
+        path = resolve_model(model)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer, self.progress = tokenizer, progress
+        self.llm = vllm.LLM(model=path, **llm_kwargs)
+        engine_config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        self.max_context = max_context or getattr(engine_config, "max_model_len", None)
+
+    def sample(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[Sample]]:
+        """Return, for each prompt in order, ``params.k`` samples."""
+        import vllm
+
+        if not prompts:
+            return []
+        requests = []
+        for i, messages in enumerate(prompts):
+            ids = prompt_ids(self.tokenizer, messages)
+            if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
+                raise ValueError(
+                    f"prompt {i} ({preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
+                    f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens")
+            requests.append({"prompt_token_ids": ids})
+        sampling = [vllm.SamplingParams(**vllm_kwargs(params, i)) for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress)
+        return [[to_sample(o, self.tokenizer, params) for o in out.outputs] for out in outputs]

@@ -9,13 +9,23 @@ from transformers import DynamicCache
 from ratchet.data.tokenize import prompt_ids
 from ratchet.generate import engine
 from ratchet.generate.base import SamplingParams
-from ratchet.generate.engine import CachedSampler, SlotCache, sample_tokens
+from ratchet.generate.engine import CachedSampler, SlotCache, drop_rows, sample_tokens
 from ratchet.generate.hf import HFSampler
 
 PROMPTS = [[{"role": "user", "content": text}] for text in
            ["hi", "What is 2 + 2? Think step by step.", "Name three colours.", "ok " * 12]]
 # top_p this small keeps only the most likely token: greedy decoding, while k > 1 stays allowed.
 GREEDY_K3 = SamplingParams(k=3, temperature=1.0, top_p=1e-9, max_new_tokens=24)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and on a shared 2-core CPU two OpenMP threads can
+    make them 100x slower (measured: 5.5 s against 0.03 s for one sampling call)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -40,9 +50,17 @@ def generate_alone(model, tokenizer, messages, max_new_tokens, eos=None):
     return out[:out.index(eos)] if eos in out else out
 
 
-def test_shared_cache_matches_generate_on_each_prompt_alone(varied):
+def printable_pair(text: str, start: int) -> str:
+    """Two printable ASCII characters of ``text`` from ``start`` on: a stop string the random
+    byte-level model really produces (its text also holds invalid UTF-8, decoded as U+FFFD)."""
+    return next(text[i:i + 2] for i in range(start, len(text) - 1)
+                if text[i:i + 2].isascii() and text[i:i + 2].isprintable())
+
+
+@pytest.mark.parametrize("batch_size", [12, 3])  # all prompts at once; one at a time, reusing rows
+def test_shared_cache_matches_generate_on_each_prompt_alone(varied, batch_size):
     model, tokenizer = varied
-    out = CachedSampler(model, tokenizer, batch_size=12, progress=False).sample(PROMPTS, GREEDY_K3)
+    out = CachedSampler(model, tokenizer, batch_size=batch_size, progress=False).sample(PROMPTS, GREEDY_K3)
     for messages, samples in zip(PROMPTS, out):
         reference = tokenizer.decode(generate_alone(model, tokenizer, messages, 24), skip_special_tokens=True)
         assert len(samples) == 3
@@ -77,13 +95,38 @@ def test_stop_string_cuts_and_matches_hf_sampler(varied):
     model, tokenizer = varied
     free = CachedSampler(model, tokenizer, progress=False).sample(
         PROMPTS[:1], SamplingParams(k=1, temperature=0.0, max_new_tokens=24))[0][0].text
-    stop = next(free[i:i + 2] for i in range(4, len(free) - 2) if free[i:i + 2].isascii())
+    stop = printable_pair(free, 4)
     params = SamplingParams(k=1, temperature=0.0, max_new_tokens=24, stop=(stop, "never-there"))
     ours = CachedSampler(model, tokenizer, progress=False).sample(PROMPTS[:1], params)[0][0]
     hf = HFSampler(model, tokenizer, progress=False).sample(PROMPTS[:1], params)[0][0]
     assert ours.text == free[:free.index(stop) + len(stop)]
     assert ours.finish_reason == "stop" and ours.num_tokens < 24
     assert (ours.text, ours.num_tokens, ours.finish_reason) == (hf.text, hf.num_tokens, hf.finish_reason)
+
+
+def test_rows_refilled_as_they_finish_match_hf_alone(varied):
+    """Stops finish rows at different steps; freed rows take the next prompt mid-flight."""
+    model, tokenizer = varied
+    free = CachedSampler(model, tokenizer, progress=False).sample(
+        PROMPTS, SamplingParams(k=1, temperature=0.0, max_new_tokens=24))
+    stops = tuple(printable_pair(samples[0].text, 3 + 4 * n) for n, samples in enumerate(free))
+    greedy = SamplingParams(k=2, temperature=1.0, top_p=1e-9, max_new_tokens=24, stop=stops)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        ours = CachedSampler(model, tokenizer, batch_size=4, progress=False).sample(PROMPTS, greedy)
+    finally:
+        hook.remove()
+    alone = HFSampler(model, tokenizer, batch_size=1, progress=False).sample(
+        PROMPTS, SamplingParams(k=1, temperature=0.0, max_new_tokens=24, stop=stops))
+    for samples, (reference,) in zip(ours, alone):
+        assert [(s.text, s.num_tokens, s.finish_reason) for s in samples] == \
+            [(reference.text, reference.num_tokens, reference.finish_reason)] * 2
+    assert len({s.num_tokens for samples in ours for s in samples}) > 1
+    assert {s.finish_reason for samples in ours for s in samples} >= {"stop"}
+    prefills = [n for n, shape in enumerate(calls) if shape[1] > 1]
+    assert len(prefills) >= 2 and prefills[1] > 1, "a later prompt should join after decoding began"
 
 
 def test_eos_ends_a_completion_before_the_eos_token(varied):
@@ -112,7 +155,7 @@ def test_finished_rows_leave_the_batch(varied):
     assert decode[0] <= len(PROMPTS) * 4 and decode[-1] < decode[0]
     assert decode == sorted(decode, reverse=True)
     reasons = {s.finish_reason for samples in out for s in samples}
-    assert "stop" in reasons and len(decode) < 29
+    assert "stop" in reasons
 
 
 def test_empty_prompt_list(tiny):
@@ -138,6 +181,21 @@ def test_sampling_follows_the_distribution_and_top_p():
     assert abs((nucleus == 0).float().mean().item() - 0.5 / 0.8) < 0.03
 
 
+def test_invert_cdf_matches_a_full_float64_cumsum_and_skips_zeros():
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(6, 1000, generator=generator) * 4, dim=-1)
+    probs[:, ::3] = 0  # zero-probability tokens, as top-p leaves them; 1000 is not a multiple of 256
+    u = torch.rand(200, dtype=torch.float64, generator=generator)
+    edges = torch.tensor([0.0, 1e-300, 1 - 1e-16], dtype=torch.float64)  # where rounding bites
+    for row in range(6):
+        rows = probs[row].expand(len(u), -1)
+        cdf = rows.double().cumsum(-1)
+        expected = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+        assert torch.equal(engine.invert_cdf(rows, u, block=256), expected)
+        picked = engine.invert_cdf(probs[row].expand(3, -1), edges, block=256)
+        assert bool((probs[row, picked] > 0).all()) and picked[-1] == 998
+
+
 def test_nucleus_shortcut_equals_full_sort():
     probs = torch.softmax(torch.randn(5, 300, generator=torch.Generator().manual_seed(0)) * 3, dim=-1)
     for top_p in (0.05, 0.5, 0.99):
@@ -149,16 +207,26 @@ def test_nucleus_shortcut_equals_full_sort():
             assert set(short_order[row, :kept[row]].tolist()) == set(full_order[row, :kept[row]].tolist())
 
 
-def test_drop_rows_same_for_slot_and_dynamic_cache():
-    keys = torch.randn(3, 2, 5, 4)
-    slot, dynamic = DynamicCache(), DynamicCache()
-    for cache in (slot, dynamic):
-        cache.update(keys, keys + 1, layer_idx=0)
-    slot = SlotCache(slot, repeats=2, capacity=8)
-    dynamic.batch_repeat_interleave(2)
-    done = [False, True, True, False, False, True]
-    assert engine._drop_rows(slot, done) == engine._drop_rows(dynamic, done) == [0, 4, 3]
-    assert torch.equal(slot.layers[0].keys, dynamic.layers[0].keys)
-    assert torch.equal(slot.layers[0].values, dynamic.layers[0].values)
-    slot.update(keys[:3, :, :1], keys[:3, :, :1], layer_idx=0)
-    assert slot.get_seq_length() == 6 and slot.layers[0].keys.shape == (3, 2, 6, 4)
+def test_slot_cache_admits_drops_and_moves_its_window():
+    first = DynamicCache()  # two prompts of 5 positions; a key's value names it
+    first.update(torch.arange(10.0).view(2, 1, 5, 1), torch.zeros(2, 1, 5, 1), layer_idx=0)
+    cache = SlotCache(first, rows=6, capacity=9, origin=5)
+    cache.admit(first, repeats=2)  # rows 0-3 hold prompts 0, 0, 1, 1 at positions 0-4
+    assert cache.window == (0, 5) and cache.used == 4
+    cache.update(torch.full((4, 1, 1, 1), 100.0), torch.zeros(4, 1, 1, 1), layer_idx=0)
+    second = DynamicCache()  # a 3-position prompt joins later: positions 3-5, ending with the others
+    second.update(torch.full((1, 1, 3, 1), 7.0), torch.zeros(1, 1, 3, 1), layer_idx=0)
+    cache.admit(second, repeats=2)
+    assert cache.window == (0, 6) and cache.used == 6
+    # Rows 0 and 2 finish, row 5 too: the live rows 3 and 4 move into the holes 0 and 2.
+    assert drop_rows(cache, [True, False, True, False, False, True]) == [3, 1, 4]
+    cache.crop_front(3)
+    keys = cache.layers[0].keys[:, 0, :, 0].tolist()
+    assert keys == [[8, 9, 100], [3, 4, 100], [7, 7, 7]]
+    for _ in range(3):  # the third append reaches the buffer's end: the window moves back
+        cache.make_room()
+        cache.update(torch.full((3, 1, 1, 1), 9.0), torch.zeros(3, 1, 1, 1), layer_idx=0)
+    cache.make_room()
+    assert cache.window == (0, 6) and cache.get_seq_length() == 6
+    keys = cache.layers[0].keys[:, 0, :, 0].tolist()
+    assert keys == [[8, 9, 100, 9, 9, 9], [3, 4, 100, 9, 9, 9], [7, 7, 7, 9, 9, 9]]

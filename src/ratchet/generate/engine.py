@@ -4,21 +4,27 @@ This module owns ratchet's transformers decode loop, the sampler a self-improvem
 CPU. Compared with ``model.generate(num_return_sequences=k)`` (``HFSampler``), it:
 
 - prefills each prompt once and copies its KV cache to its k rows (``generate`` prefills k times);
-- keeps the KV cache in preallocated buffers, so appending a token writes in place
+- keeps the KV cache in one preallocated buffer, so appending a token writes in place
   (``DynamicCache`` concatenates the whole cache every step: 37% of a 64-row decode step of
   SmolLM2-135M on CPU);
-- drops finished rows from the batch, so a step costs only what is still running (``generate``
-  runs every row until the longest finishes);
+- drops finished rows at once, and admits the next prompts (in length order) into the freed rows,
+  so every step runs up to ``batch_size`` live rows (``generate`` runs every row of a batch until
+  its longest finishes, and a decode step's fixed cost, reading all weights, is paid per step);
 - checks stop strings on the decoded tail of each row only.
+
+Layout: all rows share one timeline of cache positions. A prompt admitted when the timeline ends
+at position ``end`` occupies [end - len, end); earlier positions of its row are masked out. The
+attention mask, not position ids, separates rows, so each row's position ids are its own.
 
 Randomness: each completion draws from its own generator seeded from (seed, prompt index, sample
 index), one uniform number per token (inverse-CDF sampling), so its random stream does not depend
-on ``batch_size`` or on which prompts share its batch. It knows nothing of judging or training.
+on ``batch_size`` or on which prompts share its steps. It knows nothing of judging or training.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import Sequence
 
 import torch
@@ -32,75 +38,113 @@ from ratchet.generate.hf import cut_at_stop
 
 
 class SlotLayer(DynamicLayer):
-    """A full-attention cache layer in a preallocated buffer [rows, heads, capacity, head_dim].
+    """One full-attention layer's keys and values in a buffer [rows, kv heads, capacity, head dim].
 
-    ``keys``/``values`` are views of the first ``rows`` rows and ``length`` positions, so the model
-    sees an ordinary ``DynamicLayer``; appending writes into the buffer instead of re-allocating it.
+    ``keys``/``values`` are views of the ``used`` rows over timeline positions [start, end), so the
+    model sees an ordinary ``DynamicLayer``; appending a token writes into the buffer in place.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int, capacity: int):
+    def __init__(self, like: torch.Tensor, rows: int, capacity: int, origin: int):
         super().__init__()
-        rows, heads, length, dim = keys.shape
-        self.dtype, self.device = keys.dtype, keys.device
-        self._k = keys.new_empty(rows * repeats, heads, capacity, dim)
-        self._v = values.new_empty(rows * repeats, heads, capacity, dim)
-        self._k[:, :, :length] = keys.repeat_interleave(repeats, dim=0)
-        self._v[:, :, :length] = values.repeat_interleave(repeats, dim=0)
-        self.rows, self.length, self.is_initialized = rows * repeats, length, True
+        _, heads, _, dim = like.shape
+        self.dtype, self.device, self.is_initialized = like.dtype, like.device, True
+        # Zeros, not empty: masked positions still enter attention with weight 0, and 0 * NaN = NaN.
+        self._k = like.new_zeros(rows, heads, capacity, dim)
+        self._v = like.new_zeros(rows, heads, capacity, dim)
+        self.used, self.start, self.end = 0, origin, origin
         self._view()
 
     def _view(self) -> None:
-        self.keys = self._k[:self.rows, :, :self.length]
-        self.values = self._v[:self.rows, :, :self.length]
+        self.keys = self._k[:self.used, :, self.start:self.end]
+        self.values = self._v[:self.used, :, self.start:self.end]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
-        if self.length + new > self._k.shape[2]:
-            raise RuntimeError(f"KV buffer full ({self._k.shape[2]} positions); this is a bug in the engine")
-        self._k[:self.rows, :, self.length:self.length + new] = key_states
-        self._v[:self.rows, :, self.length:self.length + new] = value_states
-        self.length += new
+        self._k[:self.used, :, self.end:self.end + new] = key_states
+        self._v[:self.used, :, self.end:self.end + new] = value_states
+        self.end += new
         self._view()
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.length
+        return self.end - self.start
 
-    def move_rows(self, sources: torch.Tensor, targets: torch.Tensor, rows: int) -> None:
-        """Copy rows ``sources`` into ``targets`` and keep the first ``rows`` rows."""
+    def admit(self, keys: torch.Tensor, values: torch.Tensor, repeats: int) -> None:
+        """Append ``repeats`` rows per prompt of a prefill cache, its last position at ``end - 1``."""
+        rows, width = keys.shape[0] * repeats, keys.shape[2]
+        self._k[self.used:self.used + rows, :, self.end - width:self.end] = keys.repeat_interleave(repeats, 0)
+        self._v[self.used:self.used + rows, :, self.end - width:self.end] = values.repeat_interleave(repeats, 0)
+        self.used, self.start = self.used + rows, min(self.start, self.end - width)
+        self._view()
+
+    def move_rows(self, sources: torch.Tensor, targets: torch.Tensor, used: int) -> None:
+        """Copy rows ``sources`` into ``targets``, then keep the first ``used`` rows."""
         if len(sources):
-            self._k[targets, :, :self.length] = self._k[sources, :, :self.length]
-            self._v[targets, :, :self.length] = self._v[sources, :, :self.length]
-        self.rows = rows
+            self._k[targets, :, self.start:self.end] = self._k[sources, :, self.start:self.end]
+            self._v[targets, :, self.start:self.end] = self._v[sources, :, self.start:self.end]
+        self.used = used
+        self._view()
+
+    def shift(self, start: int, end: int) -> None:
+        """Move the window to [start, end) (same length); only the used rows are copied."""
+        if start != self.start:
+            width = self.end - self.start
+            self._k[:self.used, :, start:start + width] = self._k[:self.used, :, self.start:self.end].clone()
+            self._v[:self.used, :, start:start + width] = self._v[:self.used, :, self.start:self.end].clone()
+        self.start, self.end = start, end
         self._view()
 
 
 class SlotCache(Cache):
-    """The prefill's ``DynamicCache`` copied k times into ``SlotLayer`` buffers."""
+    """The decode batch's cache: one ``SlotLayer`` per model layer, all on the same timeline."""
 
-    def __init__(self, prefilled: DynamicCache, repeats: int, capacity: int):
-        super().__init__(layers=[SlotLayer(layer.keys, layer.values, repeats, capacity)
-                                 for layer in prefilled.layers])
+    def __init__(self, prefilled: DynamicCache, rows: int, capacity: int, origin: int):
+        if any(type(layer) is not DynamicLayer for layer in prefilled.layers):
+            kinds = sorted({type(layer).__name__ for layer in prefilled.layers})
+            raise NotImplementedError(f"CachedSampler supports full-attention layers only, this model's cache has "
+                                      f"{kinds}; use HFSampler for it")
+        super().__init__(layers=[SlotLayer(layer.keys, rows, capacity, origin) for layer in prefilled.layers])
+        self.capacity, self.origin = capacity, origin
 
-    def move_rows(self, sources: list[int], targets: list[int], rows: int) -> None:
+    @property
+    def used(self) -> int:
+        return self.layers[0].used
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.layers[0].start, self.layers[0].end
+
+    def admit(self, prefilled: DynamicCache, repeats: int) -> None:
+        for layer, new in zip(self.layers, prefilled.layers):
+            layer.admit(new.keys, new.values, repeats)
+
+    def move_rows(self, sources: list[int], targets: list[int], used: int) -> None:
         device = self.layers[0].device
-        src, dst = torch.tensor(sources, device=device), torch.tensor(targets, device=device)
+        src = torch.tensor(sources, dtype=torch.long, device=device)
+        dst = torch.tensor(targets, dtype=torch.long, device=device)
         for layer in self.layers:
-            layer.move_rows(src, dst, rows)
+            layer.move_rows(src, dst, used)
+
+    def crop_front(self, columns: int) -> None:
+        """Forget the first ``columns`` positions of the window (masked out in every row)."""
+        for layer in self.layers:
+            layer.start += columns
+            layer._view()
+
+    def make_room(self) -> None:
+        """Before appending at the buffer's end: move the window back to the buffer's start, keeping
+        ``end >= origin`` (the longest prompt), so any prompt can still be admitted before ``end``."""
+        start, end = self.window
+        if end < self.capacity:
+            return
+        offset = min(start, end - self.origin)
+        if offset <= 0:
+            raise RuntimeError("KV buffer full; this is a bug in the engine's capacity")
+        for layer in self.layers:
+            layer.shift(start - offset, end - offset)
 
 
-def _expand_cache(cache: DynamicCache, repeats: int, capacity: int) -> Cache:
-    """The cache to decode with: in buffers when every layer is plain full attention.
-
-    Other layer kinds (sliding windows, linear attention) keep transformers' own cache, copied with
-    ``batch_repeat_interleave``: correct for any model, only slower."""
-    if all(type(layer) is DynamicLayer for layer in cache.layers):
-        return SlotCache(cache, repeats, capacity)
-    cache.batch_repeat_interleave(repeats)
-    return cache
-
-
-def _drop_rows(cache: Cache, done: list[bool]) -> list[int]:
+def drop_rows(cache: SlotCache, done: list[bool]) -> list[int]:
     """Remove finished rows; return the new row order (new row r holds old row ``order[r]``).
 
     Active rows from the end move into the holes left before them, so only they are copied."""
@@ -110,10 +154,7 @@ def _drop_rows(cache: Cache, done: list[bool]) -> list[int]:
     order = list(range(keep))
     for hole, mover in zip(holes, movers):
         order[hole] = mover
-    if isinstance(cache, SlotCache):
-        cache.move_rows(movers, holes, keep)
-    else:
-        cache.batch_select_indices(torch.tensor(order, device=cache.layers[0].keys.device))
+    cache.move_rows(movers, holes, keep)
     return order
 
 
@@ -148,10 +189,30 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generators: list
     order = None
     if params.top_p < 1:
         probs, order = _nucleus(probs, params.top_p)
-    cdf = probs.double().cumsum(-1)  # float64: tokens of probability ~1e-8 stay reachable
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(cdf.device)
-    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp_(max=cdf.shape[-1] - 1)
-    return (picked if order is None else order.gather(-1, picked)).squeeze(-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
+    picked = invert_cdf(probs, u)
+    return picked if order is None else order.gather(-1, picked[:, None]).squeeze(-1)
+
+
+def invert_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """Per row, the index i with cdf[i - 1] <= u * total < cdf[i], where cdf sums ``probs`` [rows, n].
+
+    In float64, so tokens of probability ~1e-8 keep their share (a float32 cumsum over 49k tokens
+    rounds them away), and in two levels, blocks then tokens within the chosen block, which is
+    7x faster than a float64 cumsum over the whole vocabulary. Zero-probability tokens are never
+    chosen."""
+    rows, n = probs.shape
+    blocks = torch.nn.functional.pad(probs, (0, -n % block)).view(rows, -1, block)
+    sums = blocks.sum(-1, dtype=torch.float64)
+    block_cdf = sums.cumsum(-1)
+    target = u * block_cdf[:, -1]
+    b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp_(max=blocks.shape[1] - 1)
+    target = (target - (block_cdf.gather(1, b) - sums.gather(1, b)).squeeze(-1)).clamp_(min=0)  # minus mass before b
+    within = blocks.gather(1, b[:, :, None].expand(rows, 1, block)).squeeze(1).double().cumsum(-1)
+    j = torch.searchsorted(within, target[:, None], right=True)
+    # Rounding can put the target at the block's very end: take the block's last nonzero token.
+    j = torch.minimum(j, (within < within[:, -1:]).sum(-1, keepdim=True))
+    return (b * block + j).squeeze(-1)
 
 
 def preview(messages: Messages, width: int = 60) -> str:
@@ -182,25 +243,71 @@ class _Progress:
         self.bar.close()
 
 
-class _Rows:
-    """Per-row decode state, kept in the same order as the cache's rows."""
+class _Batch:
+    """The rows being decoded: cache, attention mask over the cache window, next position ids,
+    next-token logits, and per row its (prompt, sample) pair, generator and tokens so far."""
 
-    def __init__(self, prompts: list[int], k: int, seed: int):
-        self.seqs = [(i, j) for i in prompts for j in range(k)]
-        self.generators = [_generator(seed, i, j) for i, j in self.seqs]
-        self.tokens: list[list[int]] = [[] for _ in self.seqs]
+    def __init__(self, rows: int, capacity: int, origin: int, k: int, seed: int):
+        self.rows, self.capacity, self.origin, self.k, self.seed = rows, capacity, origin, k, seed
+        self.cache: SlotCache | None = None
+        self.mask = self.positions = self.logits = None
+        self.seqs: list[tuple[int, int]] = []
+        self.generators: list[torch.Generator] = []
+        self.tokens: list[list[int]] = []
 
-    def reorder(self, order: list[int]) -> None:
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def admit(self, prompts: list[int], prefilled: DynamicCache, prompt_mask: torch.Tensor, logits: torch.Tensor):
+        """Add k rows per prompt of a prefill (its cache, left-padding mask and last logits)."""
+        if self.cache is None:
+            self.cache = SlotCache(prefilled, self.rows, self.capacity, self.origin)
+            self.mask = prompt_mask.new_zeros(0, 0)
+            self.positions, self.logits = prompt_mask.new_zeros(0), logits.new_zeros(0, logits.shape[-1])
+        old_start, end = self.cache.window
+        self.cache.admit(prefilled, self.k)
+        start, width = self.cache.window[0], end - self.cache.window[0]
+        new_mask = prompt_mask.new_zeros(len(prompts) * self.k, width)
+        new_mask[:, width - prompt_mask.shape[1]:] = prompt_mask.repeat_interleave(self.k, 0)
+        old_mask = torch.nn.functional.pad(self.mask, (old_start - start, 0))
+        self.mask = torch.cat([old_mask, new_mask])
+        self.positions = torch.cat([self.positions, prompt_mask.sum(1).repeat_interleave(self.k)])
+        self.logits = torch.cat([self.logits, logits.repeat_interleave(self.k, 0)])
+        self.seqs += [(i, j) for i in prompts for j in range(self.k)]
+        self.generators += [_generator(self.seed, i, j) for i, j in self.seqs[-len(prompts) * self.k:]]
+        self.tokens += [[] for _ in range(len(prompts) * self.k)]
+
+    def drop(self, done: list[bool]) -> list[int]:
+        """Remove finished rows; return the order of the rows kept (see ``drop_rows``)."""
+        order = drop_rows(self.cache, done)
+        keep = torch.tensor(order, dtype=torch.long, device=self.mask.device)
+        self.mask, self.positions, self.logits = self.mask[keep], self.positions[keep], self.logits[keep]
         self.seqs = [self.seqs[r] for r in order]
         self.generators = [self.generators[r] for r in order]
         self.tokens = [self.tokens[r] for r in order]
+        # Window columns masked out in every remaining row are never attended again: forget them.
+        live = self.mask.any(0)
+        unused = int(live.to(torch.int8).argmax()) if bool(live.any()) else self.mask.shape[1]
+        if unused:
+            self.cache.crop_front(unused)
+            self.mask = self.mask[:, unused:]
+        return order
+
+    def forward(self, model, tokens: torch.Tensor) -> None:
+        """Run the rows' new tokens through the model; keep the logits for the next token."""
+        self.cache.make_room()
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=1)
+        self.logits = model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.positions[:, None],
+                            past_key_values=self.cache, use_cache=True).logits[:, -1]
+        self.positions = self.positions + 1
 
 
 class CachedSampler:
-    """k completions per prompt: one prefill per prompt, in-place KV cache, finished rows dropped.
+    """k completions per prompt: one prefill per prompt, in-place KV cache, rows refilled as they finish.
 
-    ``batch_size`` counts sequences decoded together: a batch holds ``batch_size // k`` prompts
-    (at least one). ``max_context`` defaults to the model's ``max_position_embeddings``.
+    ``batch_size`` counts sequences decoded together (at least k). Prompts are taken in length
+    order, as many as fit in the free rows, prefilled together. ``max_context`` defaults to the
+    model's ``max_position_embeddings``. Full-attention models only (no sliding-window layers).
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, max_context: int | None = None,
@@ -226,59 +333,49 @@ class CachedSampler:
     def sample(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[Sample]]:
         """Return, for each prompt in order, ``params.k`` samples."""
         encoded = self._encode(prompts, params)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
-        per_batch = max(1, self.batch_size // params.k)
-        out: list[list[Sample]] = [[None] * params.k for _ in prompts]
-        bar = _Progress(len(prompts), params.k, self.progress)
+        if not encoded:
+            return []
+        k, longest = params.k, max(len(ids) for ids in encoded)
+        rows = max(self.batch_size, k)
+        # Timeline: prompts end at or after `longest`; with 2 x max_new_tokens of room the window
+        # (at most longest + max_new_tokens) always fits after make_room.
+        batch = _Batch(rows, longest + 2 * params.max_new_tokens, longest, k, params.seed)
+        queue = deque(sorted(range(len(encoded)), key=lambda i: len(encoded[i])))  # little padding
+        out: list[list[Sample]] = [[None] * k for _ in prompts]
+        bar = _Progress(len(prompts), k, self.progress)
         with torch.inference_mode():
-            for start in range(0, len(order), per_batch):
-                idx = order[start:start + per_batch]
-                self._run_batch(idx, [encoded[i] for i in idx], params, out, bar)
+            while queue or len(batch):
+                fits = (rows - len(batch)) // k
+                if queue and fits:
+                    group = [queue.popleft() for _ in range(min(fits, len(queue)))]
+                    batch.admit(group, *self._prefill([encoded[i] for i in group]))
+                tokens = sample_tokens(batch.logits, params, batch.generators)
+                done = self._advance(batch, tokens.tolist(), params, out, bar)
+                if any(done):
+                    tokens = tokens[torch.tensor(batch.drop(done), dtype=torch.long, device=tokens.device)]
+                if len(batch):
+                    batch.forward(self.model, tokens)
         bar.close()
         return out
 
-    def _prefill(self, batch: list[list[int]]):
-        """Left-padded forward over the prompts; returns last-position logits, cache, mask."""
-        width = max(len(ids) for ids in batch)
+    def _prefill(self, prompts: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """Left-padded forward over the prompts; returns their cache, padding mask, last logits."""
+        width = max(len(ids) for ids in prompts)
         device = self.model.device
-        input_ids = torch.tensor([[self.pad] * (width - len(ids)) + ids for ids in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        input_ids = torch.tensor([[self.pad] * (width - len(ids)) + ids for ids in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         cache = DynamicCache(config=self.model.config)
         # logits_to_keep=1: the LM head (vocab x hidden) runs on the last position only.
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        return logits, cache, mask
+        return cache, mask, logits
 
-    def _run_batch(self, idx: list[int], batch: list[list[int]], params: SamplingParams,
-                   out: list[list[Sample]], bar: _Progress) -> None:
-        k = params.k
-        logits, cache, mask = self._prefill(batch)
-        cache = _expand_cache(cache, k, mask.shape[1] + params.max_new_tokens)
-        logits, mask = logits.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
-        positions = torch.tensor([len(ids) for ids in batch], device=mask.device).repeat_interleave(k)
-        rows = _Rows(idx, k, params.seed)
-        for _ in range(params.max_new_tokens):
-            tokens = sample_tokens(logits, params, rows.generators)
-            done = self._advance(rows, tokens.tolist(), params, out, bar)
-            if all(done):
-                return
-            if any(done):
-                order = _drop_rows(cache, done)
-                rows.reorder(order)
-                keep = torch.tensor(order, device=mask.device)
-                tokens, mask, positions = tokens[keep], mask[keep], positions[keep]
-            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
-            logits = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
-                                past_key_values=cache, use_cache=True).logits[:, -1]
-            positions = positions + 1
-        raise AssertionError("unreachable: every row finishes by max_new_tokens")
-
-    def _advance(self, rows: _Rows, tokens: list[int], params: SamplingParams,
+    def _advance(self, batch: _Batch, tokens: list[int], params: SamplingParams,
                  out: list[list[Sample]], bar: _Progress) -> list[bool]:
         """Append each row's new token; finish rows on EOS, a stop string or the length cap."""
         reasons: list[str | None] = []
-        for seq, token in zip(rows.tokens, tokens):
+        for seq, token in zip(batch.tokens, tokens):
             if token == self.eos:
                 reasons.append("eos")
             else:
@@ -289,11 +386,11 @@ class CachedSampler:
             # there one token ago), so decoding that many last tokens finds it.
             tail = max(len(s.encode()) for s in params.stop)
             check = [r for r, reason in enumerate(reasons) if reason != "eos"]
-            texts = self.tokenizer.batch_decode([rows.tokens[r][-tail:] for r in check], skip_special_tokens=True)
+            texts = self.tokenizer.batch_decode([batch.tokens[r][-tail:] for r in check], skip_special_tokens=True)
             for r, text in zip(check, texts):
                 if any(s in text for s in params.stop):
                     reasons[r] = "stop"
-        for (i, j), seq, reason in zip(rows.seqs, rows.tokens, reasons):
+        for (i, j), seq, reason in zip(batch.seqs, batch.tokens, reasons):
             if reason is not None:
                 out[i][j] = self._to_sample(seq, reason, params.stop)
                 bar.finished(i)

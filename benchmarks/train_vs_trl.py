@@ -94,7 +94,7 @@ def run_ratchet(pairs_file: Path, batch_size: int, work: Path) -> dict:
     t0 = time.perf_counter()
     summary = train(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
                     batch_size=batch_size, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
-                    max_grad_norm=1.0, shuffle=False, checkpoint_every=0, gradient_checkpointing=True,
+                    max_grad_norm=1.0, shuffle=False, checkpoint_every=0, max_forward_tokens=256,
                     progress=False)
     seconds = time.perf_counter() - t0
     rows = [json.loads(line) for line in (work / "out" / "train_metrics.jsonl").read_text().splitlines()]
@@ -103,7 +103,7 @@ def run_ratchet(pairs_file: Path, batch_size: int, work: Path) -> dict:
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def run_trl(pairs_file: Path, batch_size: int, work: Path) -> dict:
+def run_trl(pairs_file: Path, batch_size: int, work: Path, precompute: bool = True) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -121,7 +121,8 @@ def run_trl(pairs_file: Path, batch_size: int, work: Path) -> dict:
     args = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=batch_size,
                      gradient_accumulation_steps=1, learning_rate=LR, num_train_epochs=1, max_length=MAX_LENGTH,
                      beta=BETA, use_cpu=True, bf16=False, logging_steps=1, save_strategy="no", report_to="none",
-                     train_sampling_strategy="sequential", disable_tqdm=True, seed=0, dataloader_num_workers=0)
+                     train_sampling_strategy="sequential", disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                     precompute_ref_log_probs=precompute)
     t0 = time.perf_counter()
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     losses, compute_loss = [], trainer.compute_loss
@@ -139,16 +140,19 @@ def run_trl(pairs_file: Path, batch_size: int, work: Path) -> dict:
             "chosen_logps_step1": logged[0]["logps/chosen"], "peak_rss_mb": _peak_rss_mb()}
 
 
-def child(system: str, pairs_file: Path, batch_size: int, result: Path) -> None:
+def child(system: str, pairs_file: Path, batch_size: int, result: Path, trl_precompute: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as work:
-        out = (run_ratchet if system == "ratchet" else run_trl)(pairs_file, batch_size, Path(work))
+        if system == "ratchet":
+            out = run_ratchet(pairs_file, batch_size, Path(work))
+        else:
+            out = run_trl(pairs_file, batch_size, Path(work), trl_precompute)
     result.write_text(json.dumps(out))
 
 
-def _spawn(system: str, pairs_file: Path, batch_size: int, work: Path, rep: int) -> dict:
+def _spawn(system: str, pairs_file: Path, batch_size: int, work: Path, rep: int, trl_precompute: bool) -> dict:
     result = work / f"{system}-{rep}.json"
     cmd = [sys.executable, __file__, "--child", system, "--pairs-file", str(pairs_file),
-           "--batch-size", str(batch_size), "--result", str(result)]
+           "--batch-size", str(batch_size), "--result", str(result), "--trl-precompute", "on" if trl_precompute else "off"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{system} child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -165,9 +169,13 @@ def main() -> None:
     ap.add_argument("--child", choices=["ratchet", "trl"])
     ap.add_argument("--pairs-file", type=Path)
     ap.add_argument("--result", type=Path)
+    ap.add_argument("--trl-precompute", choices=["on", "off"], default="on",
+                    help="TRL's precompute_ref_log_probs: on (its best setting here: same speed, less memory) or "
+                         "off (its default: a reference model kept and run every step)")
     args = ap.parse_args()
+    precompute = args.trl_precompute == "on"
     if args.child:
-        return child(args.child, args.pairs_file, args.batch_size, args.result)
+        return child(args.child, args.pairs_file, args.batch_size, args.result, precompute)
 
     from transformers import AutoTokenizer
 
@@ -179,13 +187,15 @@ def main() -> None:
     pairs_file = write_jsonl(work / "pairs.jsonl", pairs)
     tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
     lengths = [len(tok(p[k])["input_ids"]) + 1 for p in pairs for k in ("chosen", "rejected")]
-    prompt = len(tok.apply_chat_template(pairs[0]["messages"], add_generation_prompt=True))
+    prompt = len(tok(tok.apply_chat_template(pairs[0]["messages"], add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False)["input_ids"])
     print(f"{args.pairs} pairs, completions {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
-          f"prompt ~{prompt} tokens; batch {args.batch_size}; {args.reps} repetitions, each in a fresh process")
+          f"prompt ~{prompt} tokens; batch {args.batch_size}; {args.reps} repetitions, each in a fresh process; "
+          f"TRL precompute_ref_log_probs={precompute}")
     runs: dict[str, list[dict]] = {"ratchet": [], "trl": []}
     for rep in range(args.reps):
         for system in (("ratchet", "trl") if rep % 2 == 0 else ("trl", "ratchet")):
-            r = _spawn(system, pairs_file, args.batch_size, work, rep)
+            r = _spawn(system, pairs_file, args.batch_size, work, rep, precompute)
             runs[system].append(r)
             print(f"  rep {rep + 1} {system:7s} {r['seconds']:7.1f} s  {r['pairs_per_s']:6.2f} pairs/s  "
                   f"peak RSS {r['peak_rss_mb']:7.0f} MB  step-1 loss {r['losses'][0]:.6f}", flush=True)

@@ -36,6 +36,9 @@ class TaskConfig:
 
 @dataclass
 class GenerateConfig:
+    sampler: str = "cached"
+    """``cached`` (one prefill per prompt, finished rows leave the batch; ratchet's own decode
+    loop), ``hf`` (transformers' ``generate``), or ``vllm`` (GPU, if installed)."""
     k: int = 8
     """Completions sampled per prompt."""
     temperature: float = 0.7
@@ -120,6 +123,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    sampler: str = "cached"
+    """Sampler for the greedy held-out answers (see ``generate.sampler``)."""
     max_new_tokens: int = 96
     """Cap on generated tokens of each greedy held-out answer."""
     batch_size: int = 64

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -70,9 +71,11 @@ def run_stage(round_dir: Path, stage: str, config: dict, inputs: list[Path], out
                 "to redo it.")
         if all(Path(p).exists() and file_hash(Path(p)) == h for p, h in done["outputs"].items()):
             return False
+    started = time.time()
     fn()
     manifest = _load(manifest_path)  # fn may have run nested stages
     manifest["stages"][stage] = {"key": key, "config": config, "inputs": ins,
-                                 "outputs": {str(p): file_hash(p) for p in outputs}}
+                                 "outputs": {str(p): file_hash(p) for p in outputs},
+                                 "seconds": round(time.time() - started, 1)}
     write_json(manifest_path, manifest)
     return True

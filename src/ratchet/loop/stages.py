@@ -15,11 +15,21 @@ from ratchet.data import arithmetic
 from ratchet.data.pairing import build_pairs, build_unpaired
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.generate.base import SamplingParams
+from ratchet.generate.engine import CachedSampler
 from ratchet.generate.hf import HFSampler
 from ratchet.judge import JUDGES
 
 TASKS = {"arithmetic": arithmetic.make_problems}
 TASK_STOP = {"arithmetic": arithmetic.STOP}
+
+
+def _vllm(model, tokenizer, *, batch_size: int, progress: bool):
+    from ratchet.generate.vllm import VLLMSampler  # optional extra; imported only when asked for
+
+    return VLLMSampler(model.name_or_path, tokenizer, progress=progress)
+
+
+SAMPLERS = {"cached": CachedSampler, "hf": HFSampler, "vllm": _vllm}
 
 
 def make_prompts(task: TaskConfig, split: str, out: Path, *, seed_offset: int = 0) -> Path:
@@ -35,8 +45,10 @@ def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *,
     stop = cfg.stop if cfg.stop is not None else TASK_STOP.get(rows[0].get("task") if rows else None, ())
     params = SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens, stop=tuple(stop), seed=cfg.seed)
-    samples = HFSampler(model, tokenizer, batch_size=cfg.batch_size, progress=progress).sample(
-        [r["messages"] for r in rows], params)
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {cfg.sampler!r}; expected one of {sorted(SAMPLERS)}")
+    sampler = SAMPLERS[cfg.sampler](model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+    samples = sampler.sample([r["messages"] for r in rows], params)
     sampling = dataclasses.asdict(params)
     return write_jsonl(out, ({**row, "completions": [dataclasses.asdict(s) for s in ss], "sampling": sampling}
                              for row, ss in zip(rows, samples)))
@@ -89,7 +101,8 @@ def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, ju
              progress: bool = True) -> dict:
     """Greedy answers to held-out prompts, judged; writes answers, judgments and metrics.json."""
     out_dir = Path(out_dir)
-    gen = GenerateConfig(k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    gen = GenerateConfig(sampler=cfg.sampler, k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+                         batch_size=cfg.batch_size)
     answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, progress=progress)
     judged = read_jsonl(judge(answers, out_dir / "judgments.jsonl", judge_cfg))
     correct = [bool(j["correct"][0]) for j in judged]

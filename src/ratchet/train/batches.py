@@ -209,10 +209,24 @@ def epoch_batches(examples: list[PairExample], global_batch: int, *, seed: int, 
     return [list(range(s, min(s + global_batch, len(examples)))) for s in range(0, len(examples), global_batch)]
 
 
+def _by_tokens(indices: list[int], examples: list[PairExample], max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of ``indices`` whose packed length stays within ``max_tokens`` (at least
+    one pair each)."""
+    runs, run, total = [], [], 0
+    for i in indices:
+        if run and total + examples[i].length > max_tokens:
+            runs.append(run)
+            run, total = [], 0
+        run.append(i)
+        total += examples[i].length
+    return runs + ([run] if run else [])
+
+
 def split_step(examples: list[PairExample], batch: list[int], *, batch_size: int, num_processes: int,
-               process_index: int) -> Step:
-    """Cut one global batch into micro-batches of at most ``batch_size`` pairs, the same number
-    on every process; similar lengths share a micro-batch (less padding)."""
+               process_index: int, max_tokens: int | None = None) -> Step:
+    """Cut one global batch into micro-batches of at most ``batch_size`` pairs (and at most
+    ``max_tokens`` packed tokens, if given), the same number on every process; similar lengths
+    share a micro-batch (less padding)."""
     ordered = sorted(batch, key=lambda i: examples[i].length, reverse=True)
     per_process = max(1, math.ceil(len(ordered) / (batch_size * num_processes)))
     slots = per_process * num_processes
@@ -222,10 +236,12 @@ def split_step(examples: list[PairExample], batch: list[int], *, batch_size: int
         size = base + (s < extra)
         cuts.append(ordered[start:start + size])
         start += size
-    mine = []
-    for s in range(process_index, slots, num_processes):
-        idx = cuts[s]
-        mine.append(MicroBatch(idx, [1.0] * len(idx)) if idx else MicroBatch([ordered[-1]], [0.0]))
+    shares = [[c for c in cuts[r::num_processes] if c] for r in range(num_processes)]
+    if max_tokens:
+        shares = [[run for c in share for run in _by_tokens(c, examples, max_tokens)] for share in shares]
+    count = max(len(share) for share in shares)
+    mine = [MicroBatch(idx, [1.0] * len(idx)) for idx in shares[process_index]]
+    mine += [MicroBatch([ordered[-1]], [0.0])] * (count - len(mine))  # fillers: weight 0, same shape of work
     return Step(mine, len(batch), list(batch))
 
 

@@ -76,11 +76,13 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
           reference_id: str = "policy-at-start", log_with: str | list | None = None, progress: bool = True,
           resume: bool = False, checkpoint_every: int = 100, keep_checkpoints: int = 2,
           gradient_checkpointing: bool = False, share_prompt: bool = True, shuffle: bool = True,
-          anchor_model=None, anchor_id: str = "anchor", ref_batch_size: int | None = None,
-          logps_chunk_size: int = 1024, project: str = "ratchet") -> dict:
+          max_forward_tokens: int | None = None, anchor_model=None, anchor_id: str = "anchor",
+          ref_batch_size: int | None = None, logps_chunk_size: int = 1024, project: str = "ratchet") -> dict:
     """Train ``model`` on the pairs at ``pairs_path`` with objective ``loss``; return the summary.
 
-    ``batch_size`` pairs per micro-batch per process; ``resume`` continues from the newest
+    ``batch_size`` pairs per micro-batch per process, each micro-batch further cut into forward
+    passes of at most ``max_forward_tokens`` packed tokens if given (bounds activation memory
+    without gradient checkpointing; gradients accumulate); ``resume`` continues from the newest
     complete checkpoint in ``out_dir/checkpoints``; ``checkpoint_every`` steps (0: never);
     ``share_prompt`` encodes each prompt once for all its completions (needs sdpa or eager
     attention; silently off otherwise); ``shuffle=False`` keeps file order (for parity checks);
@@ -160,7 +162,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
         epoch, first = divmod(state["step"], steps_per_epoch)
         for batch in epoch_batches(examples, global_batch, seed=seed, epoch=epoch, shuffle=shuffle)[first:]:
             plan = split_step(examples, batch, batch_size=batch_size, num_processes=world,
-                              process_index=accelerator.process_index)
+                              process_index=accelerator.process_index, max_tokens=max_forward_tokens)
             stats = StepMetrics()
             for m, micro in enumerate(plan.micro):
                 last_micro = m == len(plan.micro) - 1

@@ -77,3 +77,17 @@ def test_each_stage_runs_alone_from_the_cli(tmp_path, tiny_model_dir, length_jud
 def test_config_error_exit_code(capsys):
     assert cli.main(["demo", "train.nope=1"]) == 2
     assert "train.nope: unknown key" in capsys.readouterr().err
+
+
+def test_revise_and_per_revision_evaluation(tmp_path, tiny_model_dir):
+    o = _overrides(tmp_path, tiny_model_dir)
+    d = tmp_path / "rev"
+    assert cli.main(["prompts", "--split", "heldout", "--out", str(d / "p.jsonl"), *o]) == 0
+    assert cli.main(["revise", "--model", str(tiny_model_dir), "--revisions", "2", "--input", str(d / "p.jsonl"),
+                     "--out", str(d / "revisions.jsonl"), *o]) == 0
+    assert all(len(r["answers"]) == 3 for r in _lines(d / "revisions.jsonl"))
+    assert cli.main(["evaluate", "--model", str(tiny_model_dir), "--prompts", str(d / "p.jsonl"),
+                     "--out", str(d / "eval"), "revise.revisions=2",
+                     *[x for x in o if not x.startswith("judge.")]]) == 0
+    m = json.loads((d / "eval" / "metrics.json").read_text())
+    assert len(m["accuracy_per_revision"]) == 3 and m["n"] == 3

@@ -3,6 +3,7 @@
     ratchet models                                   known model names
     ratchet demo [key=value ...]                     one round on the embedded model, before/after table
     ratchet loop RECIPE.yaml [key=value ...]         rounds with the ratchet gate
+    ratchet revise   --model M --revisions N --input P --out F   draft, then N self-revisions
     ratchet report RUN_DIR                           regenerate report.html and print the summary
     ratchet prompts  --split train|heldout --out P   task prompts
     ratchet generate --model M --prompts P --out C   k completions per prompt
@@ -111,14 +112,34 @@ def _evaluate(args, cfg):
     from ratchet.models import load_model
 
     model, tok = load_model(args.model)
-    m = stages.evaluate(model, tok, Path(args.prompts), _stage_output(args.out, cfg), cfg.evaluate, cfg.judge)
+    out = _stage_output(args.out, cfg)
+    if cfg.revise.revisions > 0:
+        m = stages.evaluate_revisions(model, tok, Path(args.prompts), out, cfg.revise, cfg.evaluate, cfg.judge)
+        steps = " ".join(f"{a:.3f}" for a in m["accuracy_per_revision"])
+        print(f"evaluate: accuracy per revision {steps} (n={m['n']})")
+        return
+    m = stages.evaluate(model, tok, Path(args.prompts), out, cfg.evaluate, cfg.judge)
     print(f"evaluate: accuracy {m['accuracy']:.3f} ({m['correct']}/{m['n']})")
+
+
+def _revise(args, cfg):
+    import dataclasses
+
+    from ratchet.loop import stages
+    from ratchet.models import load_model
+
+    if args.revisions is not None:
+        cfg = dataclasses.replace(cfg, revise=dataclasses.replace(cfg.revise, revisions=args.revisions))
+    model, tok = load_model(args.model)
+    print(stages.revise(model, tok, Path(args.input), _stage_output(args.out, cfg), cfg.revise, cfg.evaluate))
 
 
 COMMANDS = {
     "models": (_models, []),
     "demo": (_loop, []),
     "loop": (_loop, [("recipe_pos", dict(nargs="?", help="recipe YAML"))]),
+    "revise": (_revise, [("--model", dict(required=True)), ("--revisions", dict(type=int, default=None)),
+                         ("--input", dict(required=True)), ("--out", dict(required=True))]),
     "report": (_report, [("run", dict(help="run directory, e.g. runs/arithmetic-dpo"))]),
     "prompts": (_prompts, [("--split", dict(choices=["train", "heldout"], default="train")), ("--out", dict(required=True))]),
     "generate": (_generate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),

@@ -132,6 +132,20 @@ class EvalConfig:
 
 
 @dataclass
+class ReviseConfig:
+    def __post_init__(self) -> None:
+        if self.revisions < 0:
+            raise ConfigError(f"revise.revisions: expected >= 0, got {self.revisions}")
+
+    revisions: int = 0
+    """Revision steps after the draft (SRPO, Choi et al. 2024); ``ratchet revise`` and evaluation
+    report every step. 0: the draft only (plain evaluation)."""
+    template: str = "revision"
+    """Revision prompt: a bundled name (``revision``) or a file using $prompt and $draft. Training
+    (SRPO's revise_* sequences) and revising read this one template."""
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     """Run name; files go to ``<runs_dir>/<name>/``."""
@@ -149,6 +163,7 @@ class RunConfig:
     pair: PairConfig = field(default_factory=PairConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    revise: ReviseConfig = field(default_factory=ReviseConfig)
 
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

@@ -5,8 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from ratchet.data.records import write_jsonl
 from ratchet.train.loop import train
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy shared CPU makes OpenMP waits costly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def pair_rows(n: int) -> list[dict]:
@@ -27,8 +39,11 @@ def fresh_model(model_dir):
     return model, tok
 
 
-def run(model_dir, pairs: Path, out: Path, **kw) -> dict:
+def run(model_dir, pairs: Path, out: Path, *, dropout: float = 0.0, **kw) -> dict:
+    """Train a fresh copy of the tiny model; ``dropout`` > 0 makes the run consume random numbers."""
     model, tok = fresh_model(model_dir)
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = dropout
     kw = {"lr": 1e-3, "batch_size": 4, "max_length": 256, "progress": False, "warmup_ratio": 0.0, **kw}
     return train(model, tok, pairs, out, **kw)
 

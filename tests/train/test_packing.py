@@ -9,7 +9,9 @@ from ratchet.losses import LOSSES
 from ratchet.train.batches import collate, pack, prepare_pairs
 from ratchet.train.step import needs
 
-from _kit import pair_rows
+from _kit import one_thread, pair_rows
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 NAMES = ("chosen", "rejected", "kl", "revise_chosen_from_rejected")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ratchet.config import EvalConfig, GenerateConfig, JudgeConfig, PairConfig, TaskConfig, TrainConfig
+from ratchet.config import (EvalConfig, GenerateConfig, JudgeConfig, PairConfig, ReviseConfig, TaskConfig,
+                            TrainConfig)
 from ratchet.data import arithmetic
 from ratchet.data.pairing import build_pairs, build_unpaired
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
@@ -95,6 +96,38 @@ def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, ski
                       max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                       max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, skip_invalid=skip_invalid,
                       reference_model=reference_model, reference_id=reference_id, progress=progress)
+
+
+def revise(model, tokenizer, prompts: Path, out: Path, cfg: ReviseConfig, eval_cfg: EvalConfig, *,
+           progress: bool = True) -> Path:
+    """Greedy draft, then ``cfg.revisions`` revisions by the same model (SRPO's inference)."""
+    from ratchet.data.revision import load_template
+    from ratchet.generate.revise import revise as revise_loop
+
+    rows = read_jsonl(prompts, required=("id", "messages"))
+    stop = TASK_STOP.get(rows[0].get("task") if rows else None, ())
+    params = SamplingParams(k=1, temperature=0.0, max_new_tokens=eval_cfg.max_new_tokens, stop=tuple(stop))
+    sampler = SAMPLERS[eval_cfg.sampler](model, tokenizer, batch_size=eval_cfg.batch_size, progress=progress)
+    return write_jsonl(out, revise_loop(sampler, rows, revisions=cfg.revisions, params=params,
+                                        template=load_template(cfg.template)))
+
+
+def evaluate_revisions(model, tokenizer, prompts: Path, out_dir: Path, cfg: ReviseConfig, eval_cfg: EvalConfig,
+                       judge_cfg: JudgeConfig, *, progress: bool = True) -> dict:
+    """Accuracy at every revision step (0 = the draft); writes revisions.jsonl, metrics.json, a plot."""
+    from ratchet.evaluate.revisions import plot_revisions, score_revisions
+
+    out_dir = Path(out_dir)
+    rows = read_jsonl(revise(model, tokenizer, prompts, out_dir / "revisions.jsonl", cfg, eval_cfg,
+                             progress=progress))
+    acc = score_revisions(rows, JUDGES[judge_cfg.name]())
+    metrics = {"accuracy": acc[0], "accuracy_per_revision": acc, "n": len(rows)}
+    write_json(out_dir / "metrics.json", metrics)
+    try:
+        plot_revisions({"accuracy": acc}, out_dir / "revisions.png")
+    except ImportError:  # matplotlib is the optional [plot] extra
+        pass
+    return metrics
 
 
 def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, judge_cfg: JudgeConfig, *,

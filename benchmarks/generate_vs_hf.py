@@ -8,7 +8,11 @@ side in each repetition, alternating which goes first, because the CPU is shared
 drifts; the speedup is the median over repetitions of the ratio of kept tokens per second (the
 wall-time ratio is printed too).
 
-    python benchmarks/generate_vs_hf.py [--threads 2] [--reps 3]
+    python benchmarks/generate_vs_hf.py [--threads 1] [--reps 3]
+
+Threads default to 1: on this shared 2-core machine, two OpenMP threads ran decode steps 4x to
+30x slower than one whenever other jobs held a core (measured), for both samplers; ``--threads 0``
+keeps torch's default.
 
 Last line: ``generate_vs_hf: speedup=<x> tokens_per_s=<ratchet's median>``.
 """
@@ -50,7 +54,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=64, help="sequences decoded together, both samplers")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0: torch's default")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -230,3 +230,13 @@ def test_slot_cache_admits_drops_and_moves_its_window():
     assert cache.window == (0, 6) and cache.get_seq_length() == 6
     keys = cache.layers[0].keys[:, 0, :, 0].tolist()
     assert keys == [[8, 9, 100, 9, 9, 9], [3, 4, 100, 9, 9, 9], [7, 7, 7, 9, 9, 9]]
+
+
+def test_sliding_window_models_are_refused_clearly():
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    cache = DynamicCache()
+    cache.layers = [DynamicSlidingWindowLayer(sliding_window=4)]
+    cache.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2), layer_idx=0)
+    with pytest.raises(NotImplementedError, match="use HFSampler"):
+        SlotCache(cache, rows=2, capacity=8, origin=3)

@@ -1,5 +1,7 @@
-"""The same entry point under ``accelerate launch --num_processes 2 --cpu`` (DDP over gloo) gives
-the losses and weights of one process with the same global batch (4 pairs per step)."""
+"""The same entry point under ``accelerate launch --multi_gpu --num_processes 2`` on a machine
+without GPUs (DDP over gloo) gives the losses and weights of one process with the same global
+batch (4 pairs per step). (``accelerate launch --cpu`` starts one process unless given an MPI
+hostfile; ``--multi_gpu`` uses torchrun, and the trainer asks accelerate for CPU DDP.)"""
 
 import json
 import os
@@ -32,7 +34,7 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir):
     two_pairs.parent.mkdir()
     shutil.copy(one_pairs, two_pairs)  # its own copy: the reference log-probs are computed in shards
     run(tiny_model_dir, one_pairs, tmp_path / "one" / "out", batch_size=4, **kw)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(CHILD), str(tiny_model_dir), str(two_pairs), str(tmp_path / "two" / "out"),
            json.dumps({"batch_size": 2, **kw})]

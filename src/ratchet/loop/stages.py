@@ -76,8 +76,25 @@ def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss
     judged = read_jsonl(judgments, required=("id", "scores"))
     if LOSSES[loss].data == "unpaired":
         return write_jsonl(out, build_unpaired(rows, judged, max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed))
-    return write_jsonl(out, build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
-                                        seed=cfg.seed, **cfg.params))
+    pairs = build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
+                        seed=cfg.seed, **cfg.params)
+    if any("ref_response" in name for name in LOSSES[loss].inputs):
+        _attach_ref_responses(pairs, rows, seed=cfg.seed)
+    return write_jsonl(out, pairs)
+
+
+def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> None:
+    """SELM's y_ref ~ pi_ref(.|x): one of the round's own samples of the same prompt, drawn at random.
+
+    The round's samples come from the model the round starts from, which is the reference under
+    the default ``train.reference: previous`` schedule (SELM, Zhang et al. 2024, section 4)."""
+    import random
+
+    rng = random.Random(seed)
+    by_id = {r["id"]: r["completions"] for r in rows}
+    for p in pairs:
+        sample = rng.choice(by_id[p["id"]])
+        p["ref_response"], p["ref_response_complete"] = sample["text"], sample.get("finish_reason") in ("stop", "eos")
 
 
 def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,

@@ -53,8 +53,11 @@ NonFiniteLossError = NonFiniteError  # the earlier name
 
 
 def _accelerator(log_with, out_dir: Path) -> Accelerator:
-    precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if torch.cuda.is_available() else "no")
-    return Accelerator(log_with=log_with, project_dir=str(out_dir), mixed_precision=precision)
+    gpu = torch.cuda.is_available()
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if gpu else "no")
+    # several processes on a machine without GPUs: DDP over gloo (accelerate needs cpu=True to see it)
+    cpu = not gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(log_with=log_with, project_dir=str(out_dir), mixed_precision=precision, cpu=cpu)
 
 
 def _precompute(model, examples, pairs_path: Path, accelerator, *, prefix: str, model_id: str, names, max_length,
@@ -99,6 +102,8 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
         return json.loads(summary_path.read_text())
     accelerator = _accelerator(log_with, out_dir)
     main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:  # no dataloader to read it from
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
     set_seed(seed)
 
     # ---- data: validate and tokenise every row before any training (errors name the row)
@@ -126,7 +131,8 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
 
     # ---- model, optimizer, schedule
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     share = share_prompt and supports_4d_mask(model)
     global_batch = batch_size * grad_accum * world
     steps_per_epoch = math.ceil(len(examples) / global_batch)

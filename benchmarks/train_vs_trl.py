@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import resource
@@ -91,14 +92,14 @@ def run_ratchet(pairs_file: Path, batch_size: int, work: Path) -> dict:
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
     fresh = work / "pairs.jsonl"  # a fresh copy: the reference log-probs are computed, not read from a cache
     shutil.copy(pairs_file, fresh)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     summary = train(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
                     batch_size=batch_size, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
                     max_grad_norm=1.0, shuffle=False, checkpoint_every=0, max_forward_tokens=256,
                     progress=False)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = [json.loads(line) for line in (work / "out" / "train_metrics.jsonl").read_text().splitlines()]
-    return {"seconds": seconds, "pairs": summary["pairs"], "steps": summary["steps"],
+    return {"seconds": seconds, "cpu_seconds": cpu, "pairs": summary["pairs"], "steps": summary["steps"],
             "losses": [r["loss"] for r in rows], "chosen_logps_step1": rows[0]["chosen_logps"],
             "peak_rss_mb": _peak_rss_mb()}
 
@@ -123,7 +124,7 @@ def run_trl(pairs_file: Path, batch_size: int, work: Path, precompute: bool = Tr
                      beta=BETA, use_cpu=True, bf16=False, logging_steps=1, save_strategy="no", report_to="none",
                      train_sampling_strategy="sequential", disable_tqdm=True, seed=0, dataloader_num_workers=0,
                      precompute_ref_log_probs=precompute)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     losses, compute_loss = [], trainer.compute_loss
 
@@ -134,13 +135,16 @@ def run_trl(pairs_file: Path, batch_size: int, work: Path, precompute: bool = Tr
 
     trainer.compute_loss = recording_compute_loss
     trainer.train()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     logged = [h for h in trainer.state.log_history if "logps/chosen" in h]
-    return {"seconds": seconds, "pairs": len(rows), "steps": trainer.state.global_step, "losses": losses,
+    return {"seconds": seconds, "cpu_seconds": cpu, "pairs": len(rows), "steps": trainer.state.global_step, "losses": losses,
             "chosen_logps_step1": logged[0]["logps/chosen"], "peak_rss_mb": _peak_rss_mb()}
 
 
-def child(system: str, pairs_file: Path, batch_size: int, result: Path, trl_precompute: bool) -> None:
+def child(system: str, pairs_file: Path, batch_size: int, result: Path, trl_precompute: bool, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as work:
         if system == "ratchet":
             out = run_ratchet(pairs_file, batch_size, Path(work))
@@ -149,11 +153,13 @@ def child(system: str, pairs_file: Path, batch_size: int, result: Path, trl_prec
     result.write_text(json.dumps(out))
 
 
-def _spawn(system: str, pairs_file: Path, batch_size: int, work: Path, rep: int, trl_precompute: bool) -> dict:
+def _spawn(system: str, pairs_file: Path, args, work: Path, rep: int) -> dict:
     result = work / f"{system}-{rep}.json"
-    cmd = [sys.executable, __file__, "--child", system, "--pairs-file", str(pairs_file),
-           "--batch-size", str(batch_size), "--result", str(result), "--trl-precompute", "on" if trl_precompute else "off"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, __file__, "--child", system, "--pairs-file", str(pairs_file), "--batch-size",
+           str(args.batch_size), "--result", str(result), "--trl-precompute", args.trl_precompute,
+           "--threads", str(args.threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{system} child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     out = json.loads(result.read_text())
@@ -169,13 +175,15 @@ def main() -> None:
     ap.add_argument("--child", choices=["ratchet", "trl"])
     ap.add_argument("--pairs-file", type=Path)
     ap.add_argument("--result", type=Path)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch/OpenMP threads of each child, the same for both (default 1: see the docstring)")
     ap.add_argument("--trl-precompute", choices=["on", "off"], default="on",
                     help="TRL's precompute_ref_log_probs: on (its best setting here: same speed, less memory) or "
                          "off (its default: a reference model kept and run every step)")
     args = ap.parse_args()
     precompute = args.trl_precompute == "on"
     if args.child:
-        return child(args.child, args.pairs_file, args.batch_size, args.result, precompute)
+        return child(args.child, args.pairs_file, args.batch_size, args.result, precompute, args.threads)
 
     from transformers import AutoTokenizer
 
@@ -191,17 +199,18 @@ def main() -> None:
                      add_special_tokens=False)["input_ids"])
     print(f"{args.pairs} pairs, completions {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
           f"prompt ~{prompt} tokens; batch {args.batch_size}; {args.reps} repetitions, each in a fresh process; "
-          f"TRL precompute_ref_log_probs={precompute}")
+          f"TRL precompute_ref_log_probs={precompute}; {args.threads} thread(s) per process")
     runs: dict[str, list[dict]] = {"ratchet": [], "trl": []}
     for rep in range(args.reps):
         for system in (("ratchet", "trl") if rep % 2 == 0 else ("trl", "ratchet")):
-            r = _spawn(system, pairs_file, args.batch_size, work, rep, precompute)
+            r = _spawn(system, pairs_file, args, work, rep)
             runs[system].append(r)
             print(f"  rep {rep + 1} {system:7s} {r['seconds']:7.1f} s  {r['pairs_per_s']:6.2f} pairs/s  "
-                  f"peak RSS {r['peak_rss_mb']:7.0f} MB  step-1 loss {r['losses'][0]:.6f}", flush=True)
+                  f"(CPU {r['cpu_seconds']:7.1f} s)  peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                  f"step-1 loss {r['losses'][0]:.6f}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
-    med = {s: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "pairs_per_s", "peak_rss_mb")}
+    med = {s: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "cpu_seconds", "pairs_per_s", "peak_rss_mb")}
            for s, rs in runs.items()}
     first = {s: rs[0] for s, rs in runs.items()}
     steps = min(len(first["ratchet"]["losses"]), len(first["trl"]["losses"]))
@@ -209,6 +218,7 @@ def main() -> None:
     print()
     print(f"{'':26s} {'ratchet':>12s} {'TRL':>12s}")
     print(f"{'seconds (median)':26s} {med['ratchet']['seconds']:12.1f} {med['trl']['seconds']:12.1f}")
+    print(f"{'CPU seconds (median)':26s} {med['ratchet']['cpu_seconds']:12.1f} {med['trl']['cpu_seconds']:12.1f}")
     print(f"{'pairs/s (median)':26s} {med['ratchet']['pairs_per_s']:12.3f} {med['trl']['pairs_per_s']:12.3f}")
     print(f"{'peak RSS MB (median)':26s} {med['ratchet']['peak_rss_mb']:12.0f} {med['trl']['peak_rss_mb']:12.0f}")
     print(f"{'optimizer steps':26s} {first['ratchet']['steps']:12d} {first['trl']['steps']:12d}")

@@ -6,6 +6,7 @@ hostfile; ``--multi_gpu`` uses torchrun, and the trainer asks accelerate for CPU
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,8 +39,16 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            str(CHILD), str(tiny_model_dir), str(two_pairs), str(tmp_path / "two" / "out"),
            json.dumps({"batch_size": 2, **kw})]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # its own session, so a timeout ends the launcher and both workers (a lone worker would wait forever)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("two-process training did not finish in 300 s")
+    assert proc.returncode == 0, err[-4000:]
 
     one, two = metrics(tmp_path / "one" / "out"), metrics(tmp_path / "two" / "out")
     assert len(one) == len(two) == 6

@@ -197,10 +197,10 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generators: list
 def invert_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
     """Per row, the index i with cdf[i - 1] <= u * total < cdf[i], where cdf sums ``probs`` [rows, n].
 
-    In float64, so tokens of probability ~1e-8 keep their share (a float32 cumsum over 49k tokens
-    rounds them away), and in two levels, blocks then tokens within the chosen block, which is
-    7x faster than a float64 cumsum over the whole vocabulary. Zero-probability tokens are never
-    chosen."""
+    In float64, so rare tokens keep their share (a float32 cumsum near 1 moves each token's share
+    by up to ~3e-8, more than a rare token's whole probability), and in two levels, blocks then
+    tokens within the chosen block: 7x faster here than a float64 cumsum over the vocabulary.
+    Zero-probability tokens are never chosen."""
     rows, n = probs.shape
     blocks = torch.nn.functional.pad(probs, (0, -n % block)).view(rows, -1, block)
     sums = blocks.sum(-1, dtype=torch.float64)

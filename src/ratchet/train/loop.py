@@ -11,7 +11,8 @@ autocast on GPUs. It receives flat arguments, never a config object, and writes 
 
 Step arithmetic: one optimizer step consumes a global batch of
 ``batch_size * grad_accum * num_processes`` pairs, cut into ``grad_accum`` micro-batches of
-``batch_size`` per process (``batches.split_step``). The loss of a micro-batch is its summed
+``batch_size`` per process (``batches.split_step``; ``max_forward_tokens`` cuts them further, the
+same number on every process). The loss of a micro-batch is its summed
 per-example loss times ``num_processes / global_pairs`` (DDP averages gradients over processes),
 so the gradient is the mean over the global batch however it is cut, the last, partial step
 included; gradients are synchronised on the last micro-batch only, and the scheduler steps once
@@ -39,10 +40,10 @@ from ratchet.data.records import read_jsonl, write_json
 from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES
 from ratchet.train import checkpoint
-from ratchet.train.batches import epoch_batches, pack, prepare_pairs, split_step
+from ratchet.train.batches import epoch_batches, prepare_pairs, split_step
 from ratchet.train.metrics import MetricsLog, StepMetrics
 from ratchet.train.reference import cache_key, model_fingerprint, reference_logps
-from ratchet.train.step import PolicyLogps, loss_inputs, needs, split_logps
+from ratchet.train.step import PolicyLogps, micro_batch_loss, needs
 
 
 class NonFiniteError(RuntimeError):
@@ -58,6 +59,20 @@ def _accelerator(log_with, out_dir: Path) -> Accelerator:
     # several processes on a machine without GPUs: DDP over gloo (accelerate needs cpu=True to see it)
     cpu = not gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(log_with=log_with, project_dir=str(out_dir), mixed_precision=precision, cpu=cpu)
+
+
+def _stop_if_not_finite(loss: float, grad_norm: float, stats: StepMetrics, plan, examples, step: int, world: int,
+                        ckpt_root: Path) -> None:
+    """Raise (on every process: the values are reduced) before a NaN/inf reaches the weights."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    bad_rows = sorted(gather_object(stats.bad_rows) if world > 1 else stats.bad_rows)
+    what = "loss" if not math.isfinite(loss) else "gradient norm"
+    raise NonFiniteError(
+        f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}); "
+        f"pairs rows in this step: {sorted(examples[i].row for i in plan.all_indices)}"
+        + (f"; rows with a non-finite loss: {bad_rows}" if bad_rows else "")
+        + f". Not updated; last good checkpoint: {checkpoint.latest(ckpt_root) or 'none'}")
 
 
 def _precompute(model, examples, pairs_path: Path, accelerator, *, prefix: str, model_id: str, names, max_length,
@@ -117,7 +132,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
         accelerator.print(f"train: skipped pairs row {row}: {reason}")
     if report.skipped:
         accelerator.print(f"train: skipped {len(report.skipped)} invalid rows of {len(report.skipped) + len(examples)}")
-    if report.truncated:
+    if report.truncated:  # never silent: printed here, saved in train_summary.json
         accelerator.print(f"train: {report.truncated} completions truncated to max_length={max_length}")
 
     # ---- reference log-probs, once per dataset (the policy before any update is the default)
@@ -158,7 +173,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
         accelerator.init_trackers(project, config={"loss": loss, **dataclasses.asdict(params), "lr": lr,
                                                    "batch_size": batch_size, "grad_accum": grad_accum})
     log = MetricsLog(out_dir / "train_metrics.jsonl", resume_step=state["step"], enabled=main)
-    bar = tqdm(total=total_steps * global_batch, initial=state["pairs"], unit="pair", desc=f"train {loss}",
+    bar = tqdm(total=epochs * len(examples), initial=state["pairs"], unit="pair", desc=f"train {loss}",
                disable=not (progress and main), smoothing=0.1)
     mean_across = (lambda t: accelerator.reduce(t, "mean")) if world > 1 else (lambda t: t)
     t0, pairs0, tokens0, seconds0, row = time.time(), state["pairs"], state["tokens"], state["seconds"], {}
@@ -174,42 +189,20 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
                 last_micro = m == len(plan.micro) - 1
                 accelerator.sync_gradients = last_micro  # DeepSpeed reads it in backward
                 exs = [examples[i] for i in micro.indices]
-                packed = pack(exs, need.policy, pad, share_prompt=share)
-                weights = torch.tensor(micro.weights, device=device)
                 with contextlib.nullcontext() if last_micro else accelerator.no_sync(policy):
-                    logps = split_logps(policy(**packed.model_inputs(device)), need.policy)
                     idx = torch.tensor(micro.indices)
-                    tensors = loss_inputs(spec, logps, split_logps(packed.lengths, need.policy),
-                                          {k: v[idx].to(device) for k, v in precomputed.items()},
-                                          {k: torch.tensor([e.values[k] for e in exs], device=device)
-                                           for k in need.values}, mean_across)
-                    out = spec.fn(**tensors, **dataclasses.asdict(params))
-                    per_pair = out.loss.numel() // len(exs)
-                    weighted = out.loss * weights.repeat(per_pair)
-                    accelerator.backward(weighted.sum() * world / (plan.global_pairs * per_pair))
-                stats.add("loss", out.loss, weights)
-                for k, v in out.metrics.items():
-                    stats.add(k, v, weights)
-                if "margins" in out.metrics:
-                    stats.add("accuracy", (out.metrics["margins"] > 0).float(), weights)
-                for name in ("chosen", "rejected"):
-                    if name in logps:
-                        stats.add(f"{name}_logps", logps[name], weights)
-                stats.add_total("tokens", float(packed.tokens))
-                bad = ~torch.isfinite(out.loss.detach().view(per_pair, -1)).all(0) & (weights > 0)
-                stats.bad_rows += [e.row for e, b in zip(exs, bad.tolist()) if b]
+                    loss_sum, out, logps, packed = micro_batch_loss(
+                        policy, spec, params, need, exs, {k: v[idx] for k, v in precomputed.items()},
+                        pad=pad, share_prompt=share, weights=micro.weights, device=device, mean_across=mean_across)
+                    accelerator.backward(loss_sum * world / plan.global_pairs)  # the global-batch mean
+                stats.add_micro(out, logps, torch.tensor(micro.weights, device=device), [e.row for e in exs],
+                                packed.tokens)
             grad_norm = accelerator.clip_grad_norm_(policy.parameters(),
                                                     max_grad_norm if max_grad_norm > 0 else float("inf"))
             means, totals = stats.reduce(accelerator)
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            if not math.isfinite(means["loss"]) or not math.isfinite(grad_norm):
-                bad_rows = sorted(gather_object(stats.bad_rows) if world > 1 else stats.bad_rows)
-                what = "loss" if not math.isfinite(means["loss"]) else "gradient norm"
-                raise NonFiniteError(
-                    f"non-finite {what} at step {state['step'] + 1} (loss {means['loss']}, grad norm {grad_norm}); "
-                    f"pairs rows in this step: {sorted(examples[i].row for i in plan.all_indices)}"
-                    + (f"; rows with a non-finite loss: {bad_rows}" if bad_rows else "")
-                    + f". Not updated; last good checkpoint: {checkpoint.latest(ckpt_root) or 'none'}")
+            _stop_if_not_finite(means["loss"], grad_norm, stats, plan, examples, state["step"] + 1, world,
+                                ckpt_root)
             step_lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -236,7 +229,8 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     # ---- the trained model, the summary; checkpoints are no longer needed
     summary = {"loss": loss, "params": dataclasses.asdict(params), "pairs": len(examples),
                "skipped": len(report.skipped), "skipped_rows": report.skipped, "truncated": report.truncated,
-               "steps": state["step"], "global_batch": global_batch, "seconds": time.time() - t0, "final": row}
+               "steps": state["step"], "global_batch": global_batch, "seconds": seconds0 + time.time() - t0,
+               "final": row}
     weights_state = accelerator.get_state_dict(policy)  # collective under FSDP/DeepSpeed
     if main:
         inner = accelerator.unwrap_model(policy).model

@@ -34,6 +34,23 @@ class StepMetrics:
         self.sums[name] = self.sums.get(name, 0.0) + float((values * w).sum())
         self.counts[name] = self.counts.get(name, 0.0) + float(w.sum())
 
+    def add_micro(self, out, logps: dict[str, torch.Tensor], weights: torch.Tensor, rows: list[int],
+                  tokens: int) -> None:
+        """Everything one micro-batch contributes: the loss and the objective's metrics, reward
+        accuracy, policy log-probs, tokens, and the rows whose loss is not finite."""
+        self.add("loss", out.loss, weights)
+        for k, v in out.metrics.items():
+            self.add(k, v, weights)
+        if "margins" in out.metrics:
+            self.add("accuracy", (out.metrics["margins"] > 0).float(), weights)
+        for name in ("chosen", "rejected"):
+            if name in logps:
+                self.add(f"{name}_logps", logps[name], weights)
+        self.add_total("tokens", float(tokens))
+        per_pair = out.loss.numel() // len(rows)
+        bad = ~torch.isfinite(out.loss.detach().view(per_pair, -1)).all(0) & (weights > 0)
+        self.bad_rows += [r for r, b in zip(rows, bad.tolist()) if b]
+
     def add_total(self, name: str, value: float) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + value
         self.counts[name] = 1.0

@@ -24,7 +24,7 @@ import torch
 
 from ratchet.logprobs import completion_logps, packed_logps
 from ratchet.losses import LossSpec, kto_kl_baseline
-from ratchet.train.batches import SequenceBatch
+from ratchet.train.batches import PairExample, SequenceBatch, pack
 
 
 class PolicyLogps(torch.nn.Module):
@@ -107,6 +107,23 @@ def loss_inputs(spec: LossSpec, policy: dict[str, torch.Tensor], lengths: dict[s
         else:  # <seq>_win_rates
             out[name] = values[name[:-len("s")]]
     return out
+
+
+def micro_batch_loss(policy, spec: LossSpec, params, need: Needs, examples: list[PairExample],
+                     precomputed: dict[str, torch.Tensor], *, pad: int, share_prompt: bool, weights: list[float],
+                     device, mean_across=lambda t: t):
+    """One forward over a micro-batch, then the objective. Returns ``(loss_sum, out, logps, packed)``
+    where ``loss_sum`` is the weighted sum of per-pair losses (a filler pair has weight 0); the
+    caller divides by the pairs of the whole step."""
+    packed = pack(examples, need.policy, pad, share_prompt=share_prompt)
+    logps = split_logps(policy(**packed.model_inputs(device)), need.policy)
+    values = {k: torch.tensor([e.values[k] for e in examples], device=device) for k in need.values}
+    tensors = loss_inputs(spec, logps, split_logps(packed.lengths, need.policy),
+                          {k: v.to(device) for k, v in precomputed.items()}, values, mean_across)
+    out = spec.fn(**tensors, **dataclasses.asdict(params))
+    per_pair = out.loss.numel() // len(examples)  # 2 for KTO (chosen and rejected are separate examples)
+    w = torch.tensor(weights, device=out.loss.device).repeat(per_pair)
+    return (out.loss * w).sum() / per_pair, out, logps, packed
 
 
 # ----------------------------------------------------------- unshared helpers (tests, simple uses)

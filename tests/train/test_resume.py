@@ -1,16 +1,16 @@
 """Never lose a run: a process killed while writing a checkpoint resumes from the last complete
 one and continues exactly (same losses, same weights) as a run that was never interrupted."""
 
-import pytest
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from _kit import one_thread, metrics, run, write_pairs
+from _kit import metrics, one_thread, run, write_pairs
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

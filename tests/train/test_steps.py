@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from ratchet.train.batches import prepare_pairs, split_step
 
-from _kit import one_thread, metrics, pair_rows, run, write_pairs
+from _kit import metrics, one_thread, pair_rows, run, write_pairs
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

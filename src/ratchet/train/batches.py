@@ -10,11 +10,11 @@ pairs row). ``pack`` lays a batch out for one forward: with ``share_prompt`` the
 encoded once per row and every completion of that prompt follows it, attending to the prompt
 and to itself only (a 4D mask); without it, every sequence is its own right-padded row.
 
-``plan_steps`` turns examples into optimizer steps: a global batch of
+``epoch_batches`` and ``split_step`` turn examples into optimizer steps: a global batch of
 ``batch_size * grad_accum * num_processes`` pairs per step, cut into the same number of
 micro-batches on every process (a process with nothing left gets a zero-weight copy, so
-collective operations never hang), and a loss normaliser that makes the gradient the mean over
-the global batch however it was cut.
+collective operations never hang), and the step's pair count, by which the loop divides the
+summed loss so the gradient is the mean over the global batch however it was cut.
 """
 
 from __future__ import annotations

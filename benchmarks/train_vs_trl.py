@@ -1,29 +1,41 @@
 """ratchet's trainer vs TRL's DPOTrainer: same model, same pairs, same batches, side by side.
 
-    python benchmarks/train_vs_trl.py [--reps 3] [--pairs 64] [--batch-size 8]
+    python benchmarks/train_vs_trl.py [--reps 3] [--pairs 64] [--batch-size 8] [--threads 1]
 
 Model: SmolLM2-135M-Instruct (``ratchet.models.resolve_model("smollm2-135m")``), float32, CPU.
-Data: ``--pairs`` arithmetic prompts (``ratchet.data.arithmetic.make_problems``), each with a
-correct and a wrong worked solution of 30-120 tokens, synthesised deterministically (the number
-of worked steps is drawn from a seeded RNG per pair).
-Job: DPO (beta 0.1, sigmoid), full fine-tuning, one epoch, batch 8, lr 5e-6, no warm-up,
-linear decay, AdamW (fused), grad-norm clip 1.0, max_length 512 (nothing is truncated).
+Data: ``--pairs`` arithmetic prompts (``ratchet.data.arithmetic.make_problems``, ~70-token chat
+prompt), each with a correct and a wrong worked solution of 32-115 tokens, synthesised
+deterministically (the number of worked steps is drawn from a seeded RNG per pair).
+Job: DPO (beta 0.1, sigmoid), full fine-tuning, one epoch, batch 8 (8 optimizer steps), lr 5e-6,
+no warm-up, linear decay, AdamW (fused), grad-norm clip 1.0, max_length 512 (nothing truncated).
 
-Each system runs in its own fresh process, ``--reps`` times, alternating which goes first;
-the table shows medians. Time is what a user waits for once the model is loaded: for ratchet
-the ``train()`` call (tokenisation, reference log-prob precomputation on a fresh copy of the
-pairs file, training, saving the model); for TRL ``DPOTrainer(...)`` (tokenisation, loading
-its reference model) plus ``trainer.train()`` (no saving). Peak RSS is
+Each system runs in its own fresh process, ``--reps`` times, alternating which goes first; the
+table shows medians. Time is what a user waits for once the model is loaded: for ratchet the
+``train()`` call (tokenisation, reference log-prob precomputation on a fresh copy of the pairs
+file, training, saving the model); for TRL ``DPOTrainer(...)`` (tokenisation, its reference
+log-prob precomputation) plus ``trainer.train()`` (no saving). Peak RSS is
 ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of each child.
 
-TRL is configured as its users would for this job: ``DPOConfig`` defaults (reference model
-kept and run every step, ``precompute_ref_log_probs=False``; gradient checkpointing on),
-fp32 on CPU (``use_cpu=True``, ``bf16=False``). ratchet uses gradient checkpointing too.
+TRL is configured as its users would for this job: ``DPOConfig`` defaults (gradient
+checkpointing on) plus fp32 on CPU (``use_cpu=True``, ``bf16=False``) and
+``precompute_ref_log_probs=True``, its best setting here (about the same speed as the default,
+which keeps a second model and runs it every step, and less memory); ``--trl-precompute off``
+runs the default. ratchet runs its batch of 8 one pair per forward pass
+(``max_forward_tokens=256``; gradients accumulate, the optimizer step is the same) without
+gradient checkpointing; ``--ratchet-mode checkpoint`` runs it as one forward of 8 pairs with
+gradient checkpointing instead, like TRL.
+
+Threads: ``--threads`` (default 1) is applied to both children (``torch.set_num_threads`` and
+``OMP_NUM_THREADS``). The machine this was written on has 2 cores shared with other jobs; with 2
+threads there every operator waits for both OpenMP threads, and a descheduled thread stalls it, so
+both systems ran slower than with 1 (TRL: 112-189 s vs 92-96 s for 8 pairs) and the ratio moved
+with the load.
+
 Alignment: both read the pairs in file order with no shuffling (TRL
 ``train_sampling_strategy="sequential"``, ratchet ``shuffle=False``), so step k sees the same 8
 pairs in both; TRL gets the same token ids (the prompt is the chat-templated string, TRL appends
-the EOS text ``<|im_end|>`` to each answer; ratchet appends the EOS id), checked by comparing
-the mean chosen log-prob of step 1. TRL's loss per step is read from ``compute_loss`` itself
+the EOS text ``<|im_end|>`` to each answer; ratchet appends the EOS id), checked by comparing the
+mean chosen log-prob of step 1. TRL's loss per step is read from ``compute_loss`` itself
 (wrapped), not from its rounded logs.
 
 The last line is machine-readable:
@@ -85,7 +97,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ratchet(pairs_file: Path, batch_size: int, work: Path) -> dict:
+def run_ratchet(pairs_file: Path, batch_size: int, work: Path, mode: str = "split") -> dict:
     from ratchet.models import load_model
     from ratchet.train.loop import train
 
@@ -95,8 +107,8 @@ def run_ratchet(pairs_file: Path, batch_size: int, work: Path) -> dict:
     t0, cpu0 = time.perf_counter(), time.process_time()
     summary = train(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
                     batch_size=batch_size, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
-                    max_grad_norm=1.0, shuffle=False, checkpoint_every=0, max_forward_tokens=256,
-                    progress=False)
+                    max_grad_norm=1.0, shuffle=False, checkpoint_every=0, progress=False,
+                    **({"max_forward_tokens": 256} if mode == "split" else {"gradient_checkpointing": True}))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = [json.loads(line) for line in (work / "out" / "train_metrics.jsonl").read_text().splitlines()]
     return {"seconds": seconds, "cpu_seconds": cpu, "pairs": summary["pairs"], "steps": summary["steps"],
@@ -141,13 +153,14 @@ def run_trl(pairs_file: Path, batch_size: int, work: Path, precompute: bool = Tr
             "chosen_logps_step1": logged[0]["logps/chosen"], "peak_rss_mb": _peak_rss_mb()}
 
 
-def child(system: str, pairs_file: Path, batch_size: int, result: Path, trl_precompute: bool, threads: int) -> None:
+def child(system: str, pairs_file: Path, result: Path, args) -> None:
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
+    batch_size, trl_precompute = args.batch_size, args.trl_precompute == "on"
     with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as work:
         if system == "ratchet":
-            out = run_ratchet(pairs_file, batch_size, Path(work))
+            out = run_ratchet(pairs_file, batch_size, Path(work), args.ratchet_mode)
         else:
             out = run_trl(pairs_file, batch_size, Path(work), trl_precompute)
     result.write_text(json.dumps(out))
@@ -157,7 +170,7 @@ def _spawn(system: str, pairs_file: Path, args, work: Path, rep: int) -> dict:
     result = work / f"{system}-{rep}.json"
     cmd = [sys.executable, __file__, "--child", system, "--pairs-file", str(pairs_file), "--batch-size",
            str(args.batch_size), "--result", str(result), "--trl-precompute", args.trl_precompute,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--ratchet-mode", args.ratchet_mode]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -177,13 +190,16 @@ def main() -> None:
     ap.add_argument("--result", type=Path)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch/OpenMP threads of each child, the same for both (default 1: see the docstring)")
+    ap.add_argument("--ratchet-mode", choices=["split", "checkpoint"], default="split",
+                    help="split: one pair per forward, no gradient checkpointing; checkpoint: 8 pairs per forward "
+                         "with gradient checkpointing")
     ap.add_argument("--trl-precompute", choices=["on", "off"], default="on",
                     help="TRL's precompute_ref_log_probs: on (its best setting here: same speed, less memory) or "
                          "off (its default: a reference model kept and run every step)")
     args = ap.parse_args()
     precompute = args.trl_precompute == "on"
     if args.child:
-        return child(args.child, args.pairs_file, args.batch_size, args.result, precompute, args.threads)
+        return child(args.child, args.pairs_file, args.result, args)
 
     from transformers import AutoTokenizer
 
@@ -199,7 +215,8 @@ def main() -> None:
                      add_special_tokens=False)["input_ids"])
     print(f"{args.pairs} pairs, completions {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
           f"prompt ~{prompt} tokens; batch {args.batch_size}; {args.reps} repetitions, each in a fresh process; "
-          f"TRL precompute_ref_log_probs={precompute}; {args.threads} thread(s) per process")
+          f"TRL precompute_ref_log_probs={precompute}; ratchet mode {args.ratchet_mode}; "
+          f"{args.threads} thread(s) per process")
     runs: dict[str, list[dict]] = {"ratchet": [], "trl": []}
     for rep in range(args.reps):
         for system in (("ratchet", "trl") if rep % 2 == 0 else ("trl", "ratchet")):

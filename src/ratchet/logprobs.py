@@ -3,8 +3,8 @@
 Logits are never materialised over the prompt nor as a full ``[B, T, V]`` tensor: the decoder
 runs to hidden states, only the positions that predict completion tokens are kept, and the LM
 head is applied to those in chunks, each chunk recomputed in backward (so the saved activations
-are ``[N, H]`` hidden states, not ``[N, V]`` logits). With V = 49,152 and H = 576 for SmolLM2
-that is an 85x smaller saved tensor.
+are ``[N, H]`` hidden states, not ``[N, V]`` logits; with V = 49,152 and H = 576 for SmolLM2
+that is an 85x smaller saved tensor). A single chunk keeps its logits instead of recomputing them.
 
 Two entry points:
 
@@ -36,8 +36,14 @@ def token_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, lm_head:
                             chunk_size: int = 1024) -> torch.Tensor:
     """log p(label | hidden) for N selected positions: hidden [N, H], labels [N] -> [N] float32.
 
+    At most ``chunk_size`` positions' logits exist at a time. When N fits in one chunk its logits
+    are kept for backward (no recomputation); otherwise every chunk is recomputed in backward.
     The head is called as a module (not through its weight), so sharded wrappers (FSDP, ZeRO-3)
     gather its parameters as in any forward."""
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    if hidden.shape[0] <= chunk_size:
+        return _token_logps(hidden, labels, lm_head)
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start:start + chunk_size], labels[start:start + chunk_size]
@@ -45,7 +51,7 @@ def token_logps_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, lm_head:
             out.append(checkpoint(_token_logps, h, y, lm_head, use_reentrant=False))
         else:
             out.append(_token_logps(h, y, lm_head))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(out)
 
 
 def _decoder_and_head(model):

@@ -35,8 +35,9 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir):
     two_pairs.parent.mkdir()
     shutil.copy(one_pairs, two_pairs)  # its own copy: the reference log-probs are computed in shards
     run(tiny_model_dir, one_pairs, tmp_path / "one" / "out", batch_size=4, **kw)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
            str(CHILD), str(tiny_model_dir), str(two_pairs), str(tmp_path / "two" / "out"),
            json.dumps({"batch_size": 2, **kw})]
     # its own session, so a timeout ends the launcher and both workers (a lone worker would wait forever)

@@ -20,7 +20,7 @@ NAMES = ("chosen", "rejected", "kl", "revise_chosen_from_rejected")
 def test_shared_prompt_rows_match_unshared_and_naive(tiny, attn):
     model, tok = tiny
     model.config._attn_implementation = attn
-    examples = prepare_pairs(pair_rows(5), tok, max_length=256, sequences=NAMES).examples
+    examples = prepare_pairs(pair_rows(5), tok, max_length=512, sequences=NAMES).examples
     shared = pack(examples, NAMES, tok.pad_token_id, share_prompt=True)
     single = pack(examples, NAMES, tok.pad_token_id, share_prompt=False)
     # chosen, rejected and kl share the prompt (one row); the revision has its own prompt

@@ -47,6 +47,18 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
     assert again["steps"] == 12
 
 
+def test_resume_refuses_a_changed_run(tmp_path, tiny_model_dir):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 12)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(CHILD), str(tiny_model_dir), str(pairs), str(out),
+                           json.dumps({**KW, "epochs": 1}), "--die-at-save", "4"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    write_pairs(pairs, 13)  # the pairs file changed since the checkpoint
+    with pytest.raises(ValueError, match=r"cannot resume from .*step-0000002: pairs_sha256 was"):
+        run(tiny_model_dir, pairs, out, resume=True, **{**KW, "epochs": 1})
+
+
 def test_resume_without_checkpoint_starts_from_scratch(tmp_path, tiny_model_dir):
     pairs = write_pairs(tmp_path / "pairs.jsonl", 4)
     summary = run(tiny_model_dir, pairs, tmp_path / "run", resume=True, batch_size=2)

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ratchet.data.revision import revision_messages
 from ratchet.data.tokenize import Tokenized, completion_ids, prompt_ids
 
 PAIR_FIELDS = ("messages", "chosen", "rejected")
-REVISE_INSTRUCTION = "Improve your previous answer: make it correct and complete."
-"""User turn after the draft in SRPO's revision prompts (a pairs row may override it with
-``revision_instruction``)."""
 
 
 class PairsError(ValueError):
@@ -39,12 +37,12 @@ class PairsError(ValueError):
 
 # ------------------------------------------------------------------------------------ sequences
 def _plain(field_name: str):
-    def source(row: dict, rows: list[dict], n: int) -> tuple[list[dict], str, bool]:
+    def source(row: dict, rows: list[dict], n: int, template) -> tuple[list[dict], str, bool]:
         return row["messages"], row[field_name], row.get(f"{field_name}_complete", True)
     return source
 
 
-def _kl(row: dict, rows: list[dict], n: int) -> tuple[list[dict], str, bool]:
+def _kl(row: dict, rows: list[dict], n: int, template) -> tuple[list[dict], str, bool]:
     """KTO's mismatched completion: the next row's chosen answer under this row's prompt
     (fixed per dataset, so its reference log-prob is precomputed like any other)."""
     other = rows[n % len(rows)]  # n is 1-based: rows[n] is the next row
@@ -55,10 +53,10 @@ def _kl(row: dict, rows: list[dict], n: int) -> tuple[list[dict], str, bool]:
 
 
 def _revision(target: str, draft: str):
-    def source(row: dict, rows: list[dict], n: int) -> tuple[list[dict], str, bool]:
-        messages = row["messages"] + [
-            {"role": "assistant", "content": row[draft]},
-            {"role": "user", "content": row.get("revision_instruction", REVISE_INSTRUCTION)}]
+    """SRPO: revise ``draft`` into ``target``, with the revision prompt inference uses
+    (``ratchet.data.revision.revision_messages``)."""
+    def source(row: dict, rows: list[dict], n: int, template) -> tuple[list[dict], str, bool]:
+        messages = revision_messages(row["messages"], row[draft], template)
         return messages, row[target], row.get(f"{target}_complete", True)
     return source
 
@@ -70,7 +68,8 @@ SEQUENCES = {
     "kl": _kl,
     **{f"revise_{t}_from_{d}": _revision(t, d) for t in ("chosen", "rejected") for d in ("chosen", "rejected")},
 }
-"""Sequence name -> how to read (prompt messages, completion text, ended by itself) from a row."""
+"""Sequence name -> how to read (prompt messages, completion text, ended by itself) from a row
+(``source(row, rows, n, revision_template)``; n is the 1-based row number)."""
 
 
 def required_fields(names: tuple[str, ...], values: tuple[str, ...]) -> tuple[str, ...]:
@@ -142,8 +141,10 @@ def _tokenize(tokenizer, messages: list[dict], text: str, complete: bool, max_le
 
 
 def prepare_pairs(rows: list[dict], tokenizer, *, max_length: int, skip_invalid: bool = False,
-                  sequences: tuple[str, ...] = ("chosen", "rejected"), values: tuple[str, ...] = ()) -> PrepareReport:
-    """Validate and tokenise every row; ``sequences`` and ``values`` are what the objective reads."""
+                  sequences: tuple[str, ...] = ("chosen", "rejected"), values: tuple[str, ...] = (),
+                  revision_template=None) -> PrepareReport:
+    """Validate and tokenise every row; ``sequences`` and ``values`` are what the objective reads;
+    ``revision_template`` (a ``string.Template``; default the bundled one) makes SRPO's revision prompts."""
     report = PrepareReport(examples=[])
     fields = required_fields(sequences, values)
     prompts: dict = {}
@@ -152,8 +153,8 @@ def prepare_pairs(rows: list[dict], tokenizer, *, max_length: int, skip_invalid:
             problem = _problem(row, fields)
             if problem:
                 raise ValueError(problem)
-            seqs = {name: _tokenize(tokenizer, *SEQUENCES[name](row, rows, n), max_length, prompts)
-                    for name in dict.fromkeys(("chosen", "rejected") + tuple(sequences))}
+            seqs = {name: _tokenize(tokenizer, *SEQUENCES[name](row, rows, n, revision_template), max_length,
+                                    prompts) for name in dict.fromkeys(("chosen", "rejected") + tuple(sequences))}
         except ValueError as e:
             if not skip_invalid:
                 raise PairsError(f"pairs row {n}: {e} (use --skip-invalid to skip such rows)") from None

@@ -69,10 +69,17 @@ def save(accelerator, root: Path, step: int, state: dict, *, keep: int) -> Path:
     return final
 
 
-def load(accelerator, path: Path) -> dict:
-    """Restore everything ``save`` wrote into the prepared objects; return the trainer state."""
+def load(accelerator, path: Path, run: dict) -> dict:
+    """Restore everything ``save`` wrote into the prepared objects; return the trainer state.
+
+    ``run`` describes what must not change for the resumed run to continue the same trajectory
+    (pairs file, step arithmetic, ...); a difference is an error naming it."""
+    state = json.loads((path / STATE_FILE).read_text())
+    changed = [f"{k} was {state['run'].get(k)!r}, now {v!r}" for k, v in run.items() if state["run"].get(k) != v]
+    if changed:
+        raise ValueError(f"cannot resume from {path}: " + "; ".join(changed))
     accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+    return state
 
 
 def remove_partial(root: Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ratchet.data.records import read_jsonl, write_json
+from ratchet.data.revision import load_template
 from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES
 from ratchet.train import checkpoint
@@ -49,8 +51,6 @@ from ratchet.train.step import PolicyLogps, micro_batch_loss, needs
 class NonFiniteError(RuntimeError):
     """A NaN or inf loss or gradient; the message names the step and the pairs rows."""
 
-
-NonFiniteLossError = NonFiniteError  # the earlier name
 
 
 def _accelerator(log_with, out_dir: Path) -> Accelerator:
@@ -95,6 +95,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
           resume: bool = False, checkpoint_every: int = 100, keep_checkpoints: int = 2,
           gradient_checkpointing: bool = False, share_prompt: bool = True, shuffle: bool = True,
           max_forward_tokens: int | None = None, anchor_model=None, anchor_id: str = "anchor",
+          revision_template: str | None = None,
           ref_batch_size: int | None = None, logps_chunk_size: int = 1024, project: str = "ratchet") -> dict:
     """Train ``model`` on the pairs at ``pairs_path`` with objective ``loss``; return the summary.
 
@@ -104,7 +105,8 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     complete checkpoint in ``out_dir/checkpoints``; ``checkpoint_every`` steps (0: never);
     ``share_prompt`` encodes each prompt once for all its completions (needs sdpa or eager
     attention; silently off otherwise); ``shuffle=False`` keeps file order (for parity checks);
-    ``anchor_model`` is INPO's fixed anchor."""
+    ``anchor_model`` is INPO's fixed anchor; ``revision_template`` (a bundled name or a file) makes
+    SRPO's revision prompts (default: ``ratchet.data.revision``'s bundled template)."""
     spec = LOSSES[loss]
     params = spec.make_params(**(loss_params or {}))
     need = needs(spec)
@@ -123,8 +125,9 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
 
     # ---- data: validate and tokenise every row before any training (errors name the row)
     names = tuple(dict.fromkeys(need.policy + need.reference + need.anchor))
+    template = load_template(revision_template) if revision_template else None
     report = prepare_pairs(read_jsonl(pairs_path), tokenizer, max_length=max_length, skip_invalid=skip_invalid,
-                           sequences=names, values=need.values)
+                           sequences=names, values=need.values, revision_template=template)
     examples, pad = report.examples, tokenizer.pad_token_id
     if not examples:
         raise ValueError(f"{pairs_path}: no valid pairs to train on")
@@ -160,14 +163,16 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
     policy.train()
 
-    state = {"step": 0, "pairs": 0, "tokens": 0, "seconds": 0.0}
+    run = {"pairs_sha256": hashlib.sha256(pairs_path.read_bytes()).hexdigest(), "loss": loss, "seed": seed,
+           "global_batch": global_batch, "total_steps": total_steps, "shuffle": shuffle}
+    state = {"step": 0, "pairs": 0, "tokens": 0, "seconds": 0.0, "run": run}
     if resume:
         if main:
             checkpoint.remove_partial(ckpt_root)
         accelerator.wait_for_everyone()
         last = checkpoint.latest(ckpt_root)
         if last is not None:
-            state = checkpoint.load(accelerator, last)
+            state = checkpoint.load(accelerator, last, run)
             accelerator.print(f"train: resumed from {last} (step {state['step']} of {total_steps})")
     if log_with:
         accelerator.init_trackers(project, config={"loss": loss, **dataclasses.asdict(params), "lr": lr,
@@ -210,7 +215,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
 
             state = {"step": state["step"] + 1, "pairs": state["pairs"] + plan.global_pairs,
                      "tokens": state["tokens"] + int(totals["tokens"]),
-                     "seconds": seconds0 + time.time() - t0}
+                     "seconds": seconds0 + time.time() - t0, "run": run}
             elapsed = time.time() - t0
             row = {"step": state["step"], "epoch": epoch, **{k: v for k, v in means.items() if k != "tokens"},
                    "grad_norm": grad_norm, "lr": step_lr, "pairs_per_s": (state["pairs"] - pairs0) / elapsed,

@@ -102,7 +102,8 @@ def _train(args, cfg):
 
     model, tok = load_model(args.model)
     out = _stage_output(args.out, cfg)
-    summary = stages.train(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid)
+    summary = stages.train(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid,
+                           revision_template=cfg.revise.template)
     print(f"train: {summary['pairs']} pairs, {summary['steps']} steps, final loss {summary['final'].get('loss')}, "
           f"skipped {summary['skipped']}, truncated {summary['truncated']} -> {out / 'model'}")
 

@@ -29,6 +29,7 @@ from ratchet.data.records import read_jsonl, write_json
 from ratchet.evaluate.bstar import bstar_metrics
 from ratchet.loop import stages
 from ratchet.loop.manifest import run_stage
+from ratchet.losses import LOSSES
 from ratchet.models import load_model, resolve_model
 
 
@@ -85,11 +86,14 @@ def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: 
     def train():
         reference = None if reference_path == model_path else load_model(reference_path)[0]
         stages.train(*models.get(model_path), pairs, train_dir, cfg.train, reference_model=reference,
-                     reference_id=json.dumps(model_id(reference_path)), progress=progress)
+                     reference_id=json.dumps(model_id(reference_path)),
+                     revision_template=cfg.revise.template, progress=progress)
         models.forget()  # the object in memory is now the trained model, not model_path's
 
-    run_stage(round_dir, "train", {"train": to_dict(cfg.train), "model": model_id(model_path),
-                                   "reference": model_id(reference_path)}, [pairs], [train_dir / "model"], train)
+    key = {"train": to_dict(cfg.train), "model": model_id(model_path), "reference": model_id(reference_path)}
+    if any("revise_" in name for name in LOSSES[cfg.train.loss.name].inputs):  # SRPO trains on revision prompts
+        key["revise_template"] = cfg.revise.template
+    run_stage(round_dir, "train", key, [pairs], [train_dir / "model"], train)
     summary = json.loads((train_dir / "train_summary.json").read_text())
     metrics["train_loss"] = summary["final"].get("loss")
     metrics.update(_evaluate(cfg, models, str(train_dir / "model"), heldout, round_dir / "eval", round_dir,

@@ -63,14 +63,27 @@ class JudgeConfig:
 
 @dataclass
 class PairConfig:
+    def __post_init__(self) -> None:
+        from ratchet.data.selection import SELECTIONS  # pure Python; checked here so a typo fails at load
+
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"pair.selection: unknown SFT selection {self.selection!r}; "
+                              f"expected one of {sorted(SELECTIONS)}")
+
     strategy: str = "correct_vs_incorrect"
     """How judged completions become pairs (see ``ratchet.data.pairing.STRATEGIES``)."""
+    selection: str = "all_correct"
+    """For objectives that train on single answers (``LOSSES[loss].data == "sft"``), which samples
+    to fine-tune on instead of pairs (``ratchet.data.selection.SELECTIONS``): ``all_correct``
+    (STaR / rejection-sampling fine-tuning), ``best_of_n`` (highest judge score), ``self_loglik``
+    (SFT-sharpening: highest log-likelihood under the model itself)."""
     max_pairs_per_prompt: int = 2
-    """Cap on pairs built from one prompt's completions."""
+    """Cap on pairs (or unpaired / SFT rows) built from one prompt's completions."""
     seed: int = 0
-    """Seed for choosing which pairs to keep when there are more than the cap."""
+    """Seed for choosing which pairs to keep when there are more than the cap (and for ties)."""
     params: dict = field(default_factory=dict)
-    """Extra parameters of the strategy (e.g. ``margin`` for ``score_margin``, ``beta`` for ``rso``)."""
+    """Extra parameters of the strategy (e.g. ``margin`` for ``score_margin``, ``beta`` for ``rso``),
+    or of the selection for SFT objectives (e.g. ``length_normalized`` for ``self_loglik``)."""
 
 
 @dataclass

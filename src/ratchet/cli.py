@@ -4,6 +4,7 @@
     ratchet demo [key=value ...]                     one round on the embedded model, before/after table
     ratchet loop RECIPE.yaml [key=value ...]         rounds with the ratchet gate
     ratchet revise   --model M --revisions N --input P --out F   draft, then N self-revisions
+    ratchet compare-revisions --recipe R [--pairs P]  base, DPO, SRPO from the same pairs, per revision
     ratchet report RUN_DIR                           regenerate report.html and print the summary
     ratchet prompts  --split train|heldout --out P   task prompts
     ratchet generate --model M --prompts P --out C   k completions per prompt
@@ -135,12 +136,22 @@ def _revise(args, cfg):
     print(stages.revise(model, tok, Path(args.input), _stage_output(args.out, cfg), cfg.revise, cfg.evaluate))
 
 
+def _compare_revisions(args, cfg):
+    from ratchet.loop.compare import compare_revisions, markdown_table, summary_line
+
+    results = compare_revisions(cfg, pairs=Path(args.pairs) if args.pairs else None)
+    print(markdown_table(results))
+    print(summary_line(results))  # last line, for scripts
+
+
 COMMANDS = {
     "models": (_models, []),
     "demo": (_loop, []),
     "loop": (_loop, [("recipe_pos", dict(nargs="?", help="recipe YAML"))]),
     "revise": (_revise, [("--model", dict(required=True)), ("--revisions", dict(type=int, default=None)),
                          ("--input", dict(required=True)), ("--out", dict(required=True))]),
+    "compare-revisions": (_compare_revisions, [("--pairs", dict(default=None, help="pairs JSONL to train both on "
+                                                                 "(default: generate -> judge -> pair)"))]),
     "report": (_report, [("run", dict(help="run directory, e.g. runs/arithmetic-dpo"))]),
     "prompts": (_prompts, [("--split", dict(choices=["train", "heldout"], default="train")), ("--out", dict(required=True))]),
     "generate": (_generate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),

@@ -5,7 +5,8 @@ Directory of a run (every file plain, every stage re-runnable alone from the CLI
     runs/<name>/config.yaml            the resolved config
     runs/<name>/heldout.jsonl          held-out prompts (same for every round)
     runs/<name>/round_0/eval/          the starting model on the held-out prompts
-    runs/<name>/round_<r>/             prompts, completions, judgments, pairs (.jsonl),
+    runs/<name>/round_<r>/             prompts, completions, judgments, pairs (.jsonl; SFT rows for
+                                       objectives on sft data), self_scores.jsonl (self-scored selections),
                                        train/ (model/, train_metrics.jsonl), eval/ (metrics.json),
                                        metrics.json (the round's B-STaR and eval metrics), manifest.json
     runs/<name>/summary.json           per-round metrics, which rounds were kept, the best model
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from ratchet.config import RunConfig, save_config, to_dict
 from ratchet.data.records import read_jsonl, write_json
+from ratchet.data.selection import SELECTIONS
 from ratchet.evaluate.bstar import bstar_metrics
 from ratchet.loop import stages
 from ratchet.loop.manifest import run_stage
@@ -74,8 +76,14 @@ def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: 
     run_stage(round_dir, "generate", {"generate": to_dict(gen), "model": model_id(model_path)}, [p], [c],
               lambda: stages.generate(*models.get(model_path), p, c, gen, progress=progress))
     run_stage(round_dir, "judge", {"judge": to_dict(cfg.judge)}, [c], [j], lambda: stages.judge(c, j, cfg.judge))
-    run_stage(round_dir, "pair", {"pair": to_dict(cfg.pair), "loss": cfg.train.loss.name}, [c, j], [pairs],
-              lambda: stages.pair(c, j, pairs, cfg.pair, loss=cfg.train.loss.name))
+    scores = None
+    if LOSSES[cfg.train.loss.name].data == "sft" and SELECTIONS[cfg.pair.selection].self_scored:
+        scores = round_dir / "self_scores.jsonl"  # SFT-sharpening: log pi(y|x) under the sampling model
+        run_stage(round_dir, "self_score", {"model": model_id(model_path)}, [c], [scores],
+                  lambda: stages.self_score(*models.get(model_path), c, scores, batch_size=gen.batch_size))
+    run_stage(round_dir, "pair", {"pair": to_dict(cfg.pair), "loss": cfg.train.loss.name},
+              [c, j] + ([scores] if scores else []), [pairs],
+              lambda: stages.pair(c, j, pairs, cfg.pair, loss=cfg.train.loss.name, self_scores=scores))
     n_pairs = len(read_jsonl(pairs))
     metrics = {"round": r, **bstar_metrics(read_jsonl(c), read_jsonl(j), pairs_kept=n_pairs),
                "temperature": gen.temperature}

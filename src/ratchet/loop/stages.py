@@ -15,6 +15,7 @@ from ratchet.config import (EvalConfig, GenerateConfig, JudgeConfig, PairConfig,
 from ratchet.data import arithmetic
 from ratchet.data.pairing import build_pairs, build_unpaired
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
+from ratchet.data.selection import attach_logprobs, build_sft
 from ratchet.generate.base import SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.generate.hf import HFSampler
@@ -68,12 +69,19 @@ def judge(completions: Path, out: Path, cfg: JudgeConfig) -> Path:
     return write_jsonl(out, out_rows)
 
 
-def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss: str = "dpo") -> Path:
-    """Pairs for paired objectives; unpaired (desirable/undesirable) rows for ``unpaired`` ones (KTO)."""
+def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss: str = "dpo",
+         self_scores: Path | None = None) -> Path:
+    """Pairs for paired objectives; unpaired (desirable/undesirable) rows for ``unpaired`` ones (KTO);
+    the selected samples (``cfg.selection``) for ``sft`` ones, self-scored by ``self_scores`` if given."""
     from ratchet.losses import LOSSES
 
     rows = read_jsonl(completions, required=("id", "messages", "completions"))
     judged = read_jsonl(judgments, required=("id", "scores"))
+    if LOSSES[loss].data == "sft":
+        if self_scores is not None:
+            rows = attach_logprobs(rows, read_jsonl(self_scores, required=("id", "logprobs", "num_tokens")))
+        return write_jsonl(out, build_sft(rows, judged, selection=cfg.selection,
+                                          max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed, **cfg.params))
     if LOSSES[loss].data == "unpaired":
         return write_jsonl(out, build_unpaired(rows, judged, max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed))
     pairs = build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
@@ -81,6 +89,22 @@ def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss
     if any("ref_response" in name for name in LOSSES[loss].inputs):
         _attach_ref_responses(pairs, rows, seed=cfg.seed)
     return write_jsonl(out, pairs)
+
+
+def self_score(model, tokenizer, completions: Path, out: Path, *, batch_size: int = 32) -> Path:
+    """The model's own log-likelihood of each of its samples, log pi(y|x) at temperature 1 (the
+    self-reward of SFT-sharpening): rows ``{"id", "logprobs": [float], "num_tokens": [int]}``."""
+    from ratchet.generate.score import sequence_logprobs  # torch-heavy; import when scoring
+
+    rows = read_jsonl(completions, required=("id", "messages", "completions"))
+    items = [(r["messages"], c["text"], c.get("finish_reason") in ("stop", "eos")) for r in rows
+             for c in r["completions"]]
+    scored = iter(sequence_logprobs(model, tokenizer, items, batch_size=batch_size))
+    out_rows = []
+    for r in rows:
+        got = [next(scored) for _ in r["completions"]]
+        out_rows.append({"id": r["id"], "logprobs": [lp for lp, _ in got], "num_tokens": [n for _, n in got]})
+    return write_jsonl(out, out_rows)
 
 
 def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> None:

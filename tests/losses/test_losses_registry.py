@@ -18,8 +18,9 @@ from ._helpers import random_inputs
 
 EXPECTED = {
     "dpo", "cdpo", "rdpo", "ipo", "hinge", "kto", "simpo", "orpo", "rpo",
-    "selm", "srpo", "inpo", "sppo", "nca", "fdpo", "sft",
+    "selm", "srpo", "inpo", "sppo", "nca", "fdpo", "sft", "rloo",
 }  # fmt: skip
+ON_POLICY = {"rloo"}  # [prompts, k] inputs from fresh samples (tests/losses/test_rloo.py)
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +34,7 @@ def test_spec_fields(name):
     assert spec.name == name
     assert dataclasses.is_dataclass(spec.params) and isinstance(spec.params, type)
     assert isinstance(spec.needs_reference, bool)
-    assert spec.data in ("paired", "unpaired", "revision", "scored", "sft")
+    assert spec.data in ("paired", "unpaired", "revision", "scored", "sft", "online", "two_turn")
     # needs_reference is True exactly when the function reads a reference tensor.
     assert spec.needs_reference == any(n.startswith("ref_") for n in spec.inputs)
 
@@ -42,7 +43,8 @@ def test_data_kinds():
     kinds = {name: spec.data for name, spec in LOSSES.items()}
     assert kinds["kto"] == "unpaired" and kinds["srpo"] == "revision"
     assert kinds["sppo"] == "scored" and kinds["sft"] == "sft"
-    assert {n for n, k in kinds.items() if k == "paired"} == EXPECTED - {"kto", "srpo", "sppo", "sft"}
+    assert {n for n, k in kinds.items() if k in ("online", "two_turn")} == ON_POLICY
+    assert {n for n, k in kinds.items() if k == "paired"} == EXPECTED - {"kto", "srpo", "sppo", "sft"} - ON_POLICY
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -93,7 +95,7 @@ def test_invalid_param_values_raise(name, bad):
         LOSSES[name].make_params(**bad)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED - ON_POLICY))
 def test_output_shape_finite_and_detached_metrics(name):
     spec = LOSSES[name]
     x = random_inputs(spec, batch=5, requires_grad=True)

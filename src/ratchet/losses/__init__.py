@@ -32,6 +32,7 @@ from ratchet.losses.fdiv import FDPOParams, fdpo_loss
 from ratchet.losses.kto import KTOParams, kto_kl_baseline, kto_loss
 from ratchet.losses.nash import INPOParams, SPPOParams, inpo_loss, sppo_loss
 from ratchet.losses.reference_free import ORPOParams, SimPOParams, orpo_loss, simpo_loss
+from ratchet.losses.rloo import RLOOParams, rloo_advantages, rloo_loss
 from ratchet.losses.rpo import RPOParams, rpo_loss
 from ratchet.losses.selm import SELMParams, selm_loss
 from ratchet.losses.sft import SFTParams, sft_loss
@@ -57,6 +58,8 @@ LOSSES: dict[str, LossSpec] = {
     "sppo": LossSpec(name="sppo", fn=sppo_loss, params=SPPOParams, needs_reference=True, data="scored"),
     "fdpo": LossSpec(name="fdpo", fn=fdpo_loss, params=FDPOParams, needs_reference=True, data="paired"),
     "sft": LossSpec(name="sft", fn=sft_loss, params=SFTParams, needs_reference=False, data="sft"),
+    # on-policy: trained by ratchet.train.online on k fresh samples per prompt, never from a pairs file
+    "rloo": LossSpec(name="rloo", fn=rloo_loss, params=RLOOParams, needs_reference=True, data="online"),
 }
 
 __all__ = [
@@ -73,6 +76,7 @@ __all__ = [
     "NCAParams",
     "ORPOParams",
     "RDPOParams",
+    "RLOOParams",
     "RPOParams",
     "SELMParams",
     "SFTParams",
@@ -90,6 +94,8 @@ __all__ = [
     "nca_loss",
     "orpo_loss",
     "rdpo_loss",
+    "rloo_advantages",
+    "rloo_loss",
     "rpo_loss",
     "selm_loss",
     "sft_loss",

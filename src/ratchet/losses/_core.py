@@ -15,7 +15,7 @@ from typing import Literal
 
 from torch import Tensor
 
-DataKind = Literal["paired", "unpaired", "revision", "scored", "sft"]
+DataKind = Literal["paired", "unpaired", "revision", "scored", "sft", "online", "two_turn"]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,10 @@
 """Pairs file rows -> validated, tokenised examples -> the step plan -> packed model inputs.
 
+A training file holds rows of one format (``ROW_FIELDS``, ``row_format``): preference pairs
+(``messages``, ``chosen``, ``rejected``), or KTO's unpaired examples (``messages``, ``completion``,
+``label``: one answer each, desirable or not; ``data.pairing.build_unpaired``). An unpaired row
+becomes an example with the one sequence ``completion`` instead of ``chosen`` and ``rejected``.
+
 Validation names the row: a missing field, an empty completion, or a prompt that leaves no room
 for the completion within ``max_length`` is a ``PairsError`` (or skipped and counted with
 ``skip_invalid``). Truncated completions are counted, never silent.
@@ -29,6 +34,10 @@ from ratchet.data.revision import revision_messages
 from ratchet.data.tokenize import Tokenized, completion_ids, prompt_ids
 
 PAIR_FIELDS = ("messages", "chosen", "rejected")
+ROW_FIELDS = {"pairs": PAIR_FIELDS, "unpaired": ("messages", "completion", "label")}
+"""Fields every row has, by file format: preference pairs, or unpaired labelled examples (KTO)."""
+OWN_SEQUENCES = {"pairs": ("chosen", "rejected"), "unpaired": ("completion",)}
+"""The answers a row of each format holds, tokenised for every objective."""
 
 
 class PairsError(ValueError):
@@ -42,13 +51,33 @@ def _plain(field_name: str):
     return source
 
 
+def _unpaired(row: dict, rows: list[dict], n: int, template) -> tuple[list[dict], str, bool]:
+    """The one answer of an unpaired row (``complete``, as ``build_unpaired`` writes it)."""
+    return row["messages"], row["completion"], row.get("complete", True)
+
+
+def _mismatched(rows: list[dict], n: int) -> dict:
+    """The first row after row ``n`` (1-based, cyclically) with another prompt; the next row if
+    all share one. Rows of one prompt sit together in a round's file, and the next row's answer
+    to the same prompt would be a matched, not a mismatched, pair."""
+    here = rows[n - 1].get("messages")
+    for k in range(len(rows) - 1):
+        other = rows[(n + k) % len(rows)]
+        if not isinstance(other, dict) or other.get("messages") != here:
+            return other
+    return rows[n % len(rows)]
+
+
 def _kl(row: dict, rows: list[dict], n: int, template) -> tuple[list[dict], str, bool]:
-    """KTO's mismatched completion: the next row's chosen answer under this row's prompt
-    (fixed per dataset, so its reference log-prob is precomputed like any other)."""
-    other = rows[n % len(rows)]  # n is 1-based: rows[n] is the next row
-    text = other.get("chosen") if isinstance(other, dict) else None
+    """KTO's mismatched completion y' for z0 (Ethayarajh et al. 2024, section 4; TRL shifts
+    completions by one in the batch): the answer (``chosen``, or an unpaired row's ``completion``)
+    of the next row with another prompt, under this row's prompt. Fixed per dataset, so its
+    reference log-prob is precomputed like any other. A pair and its two unpaired rows
+    (``data.pairing.unpaired_from_pairs``) get the same y'."""
+    other = _mismatched(rows, n)
+    text = (other.get("chosen", other.get("completion")) if isinstance(other, dict) else None)
     if not isinstance(text, str) or not text.strip():
-        text = row["rejected"]
+        text = row.get("rejected", row.get("completion"))
     return row["messages"], text, True
 
 
@@ -65,6 +94,7 @@ SEQUENCES = {
     "chosen": _plain("chosen"),
     "rejected": _plain("rejected"),
     "ref_response": _plain("ref_response"),  # SELM: the reference model's own response
+    "completion": _unpaired,  # an unpaired row's answer (KTO)
     "kl": _kl,
     **{f"revise_{t}_from_{d}": _revision(t, d) for t in ("chosen", "rejected") for d in ("chosen", "rejected")},
 }
@@ -72,19 +102,27 @@ SEQUENCES = {
 (``source(row, rows, n, revision_template)``; n is the 1-based row number)."""
 
 
-def required_fields(names: tuple[str, ...], values: tuple[str, ...]) -> tuple[str, ...]:
+def required_fields(names: tuple[str, ...], values: tuple[str, ...], row_format: str = "pairs") -> tuple[str, ...]:
     extra = tuple(n for n in names if n == "ref_response")
-    return PAIR_FIELDS + extra + values
+    return tuple(dict.fromkeys(ROW_FIELDS[row_format] + extra + values))
+
+
+def row_format(rows: list[dict]) -> str:
+    """``unpaired`` if the first row is an unpaired example (``completion``, no ``chosen``), else
+    ``pairs``; a row of the other format is then reported by number as missing fields."""
+    first = rows[0] if rows else {}
+    return "unpaired" if isinstance(first, dict) and "completion" in first and "chosen" not in first else "pairs"
 
 
 @dataclass
 class PairExample:
     row: int
     """1-based row number in the pairs file (for error messages)."""
-    chosen: Tokenized
-    rejected: Tokenized
+    chosen: Tokenized | None
+    """None for an unpaired row, whose one answer is the ``completion`` sequence in ``extra``."""
+    rejected: Tokenized | None
     extra: dict[str, Tokenized] = field(default_factory=dict)
-    """Further sequences the objective reads (``ref_response``, ``kl``, ``revise_*``)."""
+    """Further sequences the objective reads (``ref_response``, ``kl``, ``revise_*``, ``completion``)."""
     values: dict[str, float] = field(default_factory=dict)
     """Per-row numbers the objective reads (e.g. ``chosen_win_rate``)."""
 
@@ -93,9 +131,11 @@ class PairExample:
 
     @property
     def length(self) -> int:
-        """Tokens of the packed row (prompt once, then chosen and rejected): the grouping key."""
-        prompt = len(self.chosen.input_ids) - self.chosen.num_completion_tokens
-        return prompt + self.chosen.num_completion_tokens + self.rejected.num_completion_tokens
+        """Tokens of the packed row (prompt once, then the row's own answers: chosen and rejected,
+        or an unpaired row's completion): the grouping key."""
+        own = [s for s in (self.chosen, self.rejected) if s is not None] or [self.extra["completion"]]
+        prompt = len(own[0].input_ids) - own[0].num_completion_tokens
+        return prompt + sum(s.num_completion_tokens for s in own)
 
 
 @dataclass
@@ -111,9 +151,11 @@ def _problem(row: dict, fields: tuple[str, ...]) -> str | None:
     missing = [k for k in fields if k not in row]
     if missing:
         return f"missing field(s) {missing}"
-    for key in ("chosen", "rejected", "ref_response"):
+    for key in ("chosen", "rejected", "ref_response", "completion"):
         if key in fields and (not isinstance(row[key], str) or not row[key].strip()):
             return f"empty {key} completion"
+    if "label" in fields and not isinstance(row["label"], bool):
+        return f"label must be true (desirable) or false (undesirable), got {row['label']!r}"
     if not isinstance(row["messages"], list) or not row["messages"]:
         return "messages must be a non-empty list of {role, content}"
     for key in fields:
@@ -142,26 +184,27 @@ def _tokenize(tokenizer, messages: list[dict], text: str, complete: bool, max_le
 
 def prepare_pairs(rows: list[dict], tokenizer, *, max_length: int, skip_invalid: bool = False,
                   sequences: tuple[str, ...] = ("chosen", "rejected"), values: tuple[str, ...] = (),
-                  revision_template=None) -> PrepareReport:
+                  revision_template=None, row_format: str = "pairs") -> PrepareReport:
     """Validate and tokenise every row; ``sequences`` and ``values`` are what the objective reads;
-    ``revision_template`` (a ``string.Template``; default the bundled one) makes SRPO's revision prompts."""
+    ``revision_template`` (a ``string.Template``; default the bundled one) makes SRPO's revision prompts;
+    ``row_format`` is the file's (``ROW_FIELDS``; ``row_format(rows)`` tells)."""
     report = PrepareReport(examples=[])
-    fields = required_fields(sequences, values)
+    fields = required_fields(sequences, values, row_format)
     prompts: dict = {}
     for n, row in enumerate(rows, start=1):
         try:
-            problem = _problem(row, fields)
+            problem = _problem(row, fields) if isinstance(row, dict) else f"expected a JSON object, got {row!r}"
             if problem:
                 raise ValueError(problem)
             seqs = {name: _tokenize(tokenizer, *SEQUENCES[name](row, rows, n, revision_template), max_length,
-                                    prompts) for name in dict.fromkeys(("chosen", "rejected") + tuple(sequences))}
+                                    prompts) for name in dict.fromkeys(OWN_SEQUENCES[row_format] + tuple(sequences))}
         except ValueError as e:
             if not skip_invalid:
-                raise PairsError(f"pairs row {n}: {e} (use --skip-invalid to skip such rows)") from None
+                raise PairsError(f"{row_format} row {n}: {e} (use --skip-invalid to skip such rows)") from None
             report.skipped.append((n, str(e)))
             continue
         report.truncated += sum(s.truncated for s in seqs.values())
-        chosen, rejected = seqs.pop("chosen"), seqs.pop("rejected")
+        chosen, rejected = seqs.pop("chosen", None), seqs.pop("rejected", None)
         report.examples.append(PairExample(n, chosen, rejected, seqs, {k: float(row[k]) for k in values}))
     return report
 

@@ -42,7 +42,7 @@ from ratchet.data.revision import load_template
 from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES
 from ratchet.train import checkpoint
-from ratchet.train.batches import epoch_batches, prepare_pairs, split_step
+from ratchet.train.batches import epoch_batches, prepare_pairs, row_format, split_step
 from ratchet.train.metrics import MetricsLog, StepMetrics
 from ratchet.train.reference import cache_key, model_fingerprint, reference_logps
 from ratchet.train.step import PolicyLogps, micro_batch_loss, needs
@@ -98,6 +98,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
           revision_template: str | None = None,
           ref_batch_size: int | None = None, logps_chunk_size: int = 1024, project: str = "ratchet") -> dict:
     """Train ``model`` on the pairs at ``pairs_path`` with objective ``loss``; return the summary.
+    (For ``kto`` the file may instead hold unpaired rows, ``batches.ROW_FIELDS``.)
 
     ``batch_size`` pairs per micro-batch per process, each micro-batch further cut into forward
     passes of at most ``max_forward_tokens`` packed tokens if given (bounds activation memory
@@ -109,7 +110,9 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     SRPO's revision prompts (default: ``ratchet.data.revision``'s bundled template)."""
     spec = LOSSES[loss]
     params = spec.make_params(**(loss_params or {}))
-    need = needs(spec)
+    rows = read_jsonl(pairs_path)
+    fmt = row_format(rows)  # preference pairs, or unpaired labelled examples (KTO)
+    need = needs(spec, fmt)
     if need.anchor and anchor_model is None:
         raise ValueError(f"objective {loss!r} reads anchor log-probs: pass anchor_model (the fixed initial model)")
     out_dir, pairs_path = Path(out_dir), Path(pairs_path)
@@ -126,13 +129,13 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     # ---- data: validate and tokenise every row before any training (errors name the row)
     names = tuple(dict.fromkeys(need.policy + need.reference + need.anchor))
     template = load_template(revision_template) if revision_template else None
-    report = prepare_pairs(read_jsonl(pairs_path), tokenizer, max_length=max_length, skip_invalid=skip_invalid,
-                           sequences=names, values=need.values, revision_template=template)
+    report = prepare_pairs(rows, tokenizer, max_length=max_length, skip_invalid=skip_invalid,
+                           sequences=names, values=need.values, revision_template=template, row_format=fmt)
     examples, pad = report.examples, tokenizer.pad_token_id
     if not examples:
         raise ValueError(f"{pairs_path}: no valid pairs to train on")
     for row, reason in report.skipped[:10]:
-        accelerator.print(f"train: skipped pairs row {row}: {reason}")
+        accelerator.print(f"train: skipped {fmt} row {row}: {reason}")
     if report.skipped:
         accelerator.print(f"train: skipped {len(report.skipped)} invalid rows of {len(report.skipped) + len(examples)}")
     if report.truncated:  # never silent: printed here, saved in train_summary.json

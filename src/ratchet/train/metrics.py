@@ -43,7 +43,7 @@ class StepMetrics:
             self.add(k, v, weights)
         if "margins" in out.metrics:
             self.add("accuracy", (out.metrics["margins"] > 0).float(), weights)
-        for name in ("chosen", "rejected"):
+        for name in ("chosen", "rejected", "completion"):  # completion: an unpaired row's (KTO)
             if name in logps:
                 self.add(f"{name}_logps", logps[name], weights)
         self.add_total("tokens", float(tokens))

@@ -5,8 +5,9 @@ then the objective on named tensors. No loop, no optimizer here.
 sequences go through the policy, which reference log-probs are precomputed, and which
 pairs-row numbers are read: ``policy_<seq>_logps``, ``ref_<seq>_logps``, ``anchor_<seq>_logps``,
 ``<seq>_lengths``, ``<seq>_win_rates`` (row field ``<seq>_win_rate``). The two objectives whose
-inputs are not named after sequences get a hand-written mapping: KTO (``unpaired``: chosen is
-desirable, rejected undesirable, z0 from the ``kl`` sequence) and SFT (the chosen answers).
+inputs are not named after sequences get a hand-written mapping: KTO (``unpaired``; on a pairs
+file chosen is desirable and rejected undesirable, on an unpaired file each row's ``completion``
+is one example labelled by its ``label``; z0 from the ``kl`` sequence) and SFT (the chosen answers).
 
 ``PolicyLogps`` is the module the training loop prepares with accelerate: a packed batch in,
 summed completion log-probs out. DDP, FSDP and DeepSpeed see its ``forward``, so gradient
@@ -53,15 +54,21 @@ class Needs:
     """Pairs-row fields read as per-example numbers."""
 
 
-_SPECIAL = {
-    "unpaired": Needs(("chosen", "rejected", "kl"), ("chosen", "rejected", "kl"), (), ()),
-    "sft": Needs(("chosen",), (), (), ()),
+_SPECIAL = {  # (LossSpec.data, row format of the file) -> Needs
+    ("unpaired", "pairs"): Needs(("chosen", "rejected", "kl"), ("chosen", "rejected", "kl"), (), ()),
+    ("unpaired", "unpaired"): Needs(("completion", "kl"), ("completion", "kl"), (), ("label",)),
+    ("sft", "pairs"): Needs(("chosen",), (), (), ()),
 }
 
 
-def needs(spec: LossSpec) -> Needs:
-    if spec.data in _SPECIAL:
-        return _SPECIAL[spec.data]
+def needs(spec: LossSpec, row_format: str = "pairs") -> Needs:
+    """What ``spec`` reads from a file of ``row_format`` rows (``batches.ROW_FIELDS``)."""
+    if (spec.data, row_format) in _SPECIAL:
+        return _SPECIAL[spec.data, row_format]
+    if row_format != "pairs":
+        readers = sorted({d for d, f in _SPECIAL if f == row_format})
+        raise ValueError(f"objective {spec.name!r} trains on pairs (chosen/rejected); the file holds {row_format} "
+                         f"rows, which only objectives with LossSpec.data in {readers} read (kto)")
     policy, ref, anchor, values = ["chosen", "rejected"], [], [], []
     for name in spec.inputs:
         for pattern, into in ((r"policy_(\w+)_logps", policy), (r"ref_(\w+)_logps", ref),
@@ -88,12 +95,15 @@ def loss_inputs(spec: LossSpec, policy: dict[str, torch.Tensor], lengths: dict[s
                 mean_across_processes: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, torch.Tensor]:
     """The tensors ``spec.fn`` reads, by name. ``policy`` and ``lengths`` are keyed by sequence,
     ``precomputed`` by input name (``ref_chosen_logps``), ``values`` by row field."""
-    if spec.data == "unpaired":  # KTO on pairs: chosen desirable, rejected undesirable
-        ones = torch.ones_like(policy["chosen"], dtype=torch.bool)
-        kl = kto_kl_baseline(policy["kl"].detach(), precomputed["ref_kl_logps"])
+    if spec.data == "unpaired":
+        kl = mean_across_processes(kto_kl_baseline(policy["kl"].detach(), precomputed["ref_kl_logps"]))
+        if "completion" in policy:  # KTO on unpaired rows: one labelled example each
+            return {"policy_logps": policy["completion"], "ref_logps": precomputed["ref_completion_logps"],
+                    "labels": values["label"].bool(), "kl_baseline": kl}
+        ones = torch.ones_like(policy["chosen"], dtype=torch.bool)  # KTO on pairs: chosen desirable
         return {"policy_logps": torch.cat([policy["chosen"], policy["rejected"]]),
                 "ref_logps": torch.cat([precomputed["ref_chosen_logps"], precomputed["ref_rejected_logps"]]),
-                "labels": torch.cat([ones, ~ones]), "kl_baseline": mean_across_processes(kl)}
+                "labels": torch.cat([ones, ~ones]), "kl_baseline": kl}
     if spec.data == "sft":
         return {"policy_logps": policy["chosen"], "lengths": lengths["chosen"].to(policy["chosen"])}
     out = {}
@@ -121,7 +131,7 @@ def micro_batch_loss(policy, spec: LossSpec, params, need: Needs, examples: list
     tensors = loss_inputs(spec, logps, split_logps(packed.lengths, need.policy),
                           {k: v.to(device) for k, v in precomputed.items()}, values, mean_across)
     out = spec.fn(**tensors, **dataclasses.asdict(params))
-    per_pair = out.loss.numel() // len(examples)  # 2 for KTO (chosen and rejected are separate examples)
+    per_pair = out.loss.numel() // len(examples)  # 2 for KTO on pairs (chosen, rejected), 1 on unpaired rows
     w = torch.tensor(weights, device=out.loss.device).repeat(per_pair)
     return (out.loss * w).sum() / per_pair, out, logps, packed
 

@@ -87,8 +87,11 @@ def test_sgd_step_raises_chosen_margin(name, overrides):
     assert torch.all(policy.margin() > before), (name, policy.margin() - before)
 
 
+REVISION_ONLY = {"pit"}  # trains the reviser only: test_pit_step_raises_revision_margins
+
+
 def test_every_pairwise_loss_is_covered():
-    covered = {n for n, _ in PAIRED_CASES}
+    covered = {n for n, _ in PAIRED_CASES} | REVISION_ONLY
     assert covered == {n for n, s in LOSSES.items() if s.data in ("paired", "revision", "scored")}
 
 
@@ -133,3 +136,13 @@ def test_sft_step_raises_the_selected_completion(token_mean):
     LOSSES["sft"].fn(policy_logps=lp, lengths=torch.tensor([3, 5, 2, 4]), token_mean=token_mean).loss.mean().backward()
     torch.optim.SGD([policy.theta], lr=0.1).step()
     assert torch.all(policy.theta.detach().log_softmax(-1)[:, CHOSEN] > before)
+
+
+def test_pit_step_raises_revision_margins():
+    # PIT's gap orderings only read revision prompts: revising y_l moves to y_w, revising y_w keeps
+    # it; the generator table gets no gradient
+    policy = Tabular(seed=1)
+    before, generator = policy.revision_margins(), policy.margin()
+    sgd_step(policy, "pit", beta=1.0)
+    assert torch.all(policy.revision_margins() > before)
+    torch.testing.assert_close(policy.margin(), generator)

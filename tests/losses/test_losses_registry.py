@@ -18,7 +18,7 @@ from ._helpers import random_inputs
 
 EXPECTED = {
     "dpo", "cdpo", "rdpo", "ipo", "hinge", "kto", "simpo", "orpo", "rpo",
-    "selm", "srpo", "inpo", "sppo", "nca", "fdpo", "sft", "rloo",
+    "selm", "srpo", "inpo", "sppo", "nca", "fdpo", "sft", "rloo", "pit",
 }  # fmt: skip
 ON_POLICY = {"rloo"}  # [prompts, k] inputs from fresh samples (tests/losses/test_rloo.py)
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -41,10 +41,10 @@ def test_spec_fields(name):
 
 def test_data_kinds():
     kinds = {name: spec.data for name, spec in LOSSES.items()}
-    assert kinds["kto"] == "unpaired" and kinds["srpo"] == "revision"
+    assert kinds["kto"] == "unpaired" and kinds["srpo"] == kinds["pit"] == "revision"
     assert kinds["sppo"] == "scored" and kinds["sft"] == "sft"
     assert {n for n, k in kinds.items() if k in ("online", "two_turn")} == ON_POLICY
-    assert {n for n, k in kinds.items() if k == "paired"} == EXPECTED - {"kto", "srpo", "sppo", "sft"} - ON_POLICY
+    assert {n for n, k in kinds.items() if k == "paired"} == EXPECTED - {"kto", "srpo", "pit", "sppo", "sft"} - ON_POLICY
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -31,6 +31,7 @@ from ratchet.losses.dpo import (
 from ratchet.losses.fdiv import FDPOParams, fdpo_loss
 from ratchet.losses.kto import KTOParams, kto_kl_baseline, kto_loss
 from ratchet.losses.nash import INPOParams, SPPOParams, inpo_loss, sppo_loss
+from ratchet.losses.pit import PITParams, pit_loss
 from ratchet.losses.reference_free import ORPOParams, SimPOParams, orpo_loss, simpo_loss
 from ratchet.losses.rloo import RLOOParams, rloo_advantages, rloo_loss
 from ratchet.losses.rpo import RPOParams, rpo_loss
@@ -53,6 +54,8 @@ LOSSES: dict[str, LossSpec] = {
     # SELM also reads y_ref, the reference model's own response, stored next to the pair.
     "selm": LossSpec(name="selm", fn=selm_loss, params=SELMParams, needs_reference=True, data="paired"),
     "srpo": LossSpec(name="srpo", fn=srpo_loss, params=SRPOParams, needs_reference=True, data="revision"),
+    # PIT's gap ordering on the same revision prompts as SRPO (the draft slot holds the reference response).
+    "pit": LossSpec(name="pit", fn=pit_loss, params=PITParams, needs_reference=True, data="revision"),
     # INPO also reads anchor_* log-probs (the fixed initial model); ref_* is the previous iterate.
     "inpo": LossSpec(name="inpo", fn=inpo_loss, params=INPOParams, needs_reference=True, data="paired"),
     "sppo": LossSpec(name="sppo", fn=sppo_loss, params=SPPOParams, needs_reference=True, data="scored"),
@@ -75,6 +78,7 @@ __all__ = [
     "KTOParams",
     "NCAParams",
     "ORPOParams",
+    "PITParams",
     "RDPOParams",
     "RLOOParams",
     "RPOParams",
@@ -93,6 +97,7 @@ __all__ = [
     "kto_loss",
     "nca_loss",
     "orpo_loss",
+    "pit_loss",
     "rdpo_loss",
     "rloo_advantages",
     "rloo_loss",

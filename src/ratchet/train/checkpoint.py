@@ -1,4 +1,5 @@
-"""Checkpoints that survive a crash at any moment: the only module that writes or reads training state.
+"""Checkpoints that survive a crash at any moment: the only module that writes or reads training state
+(and, with ``save_model``, the trained model).
 
 A checkpoint is a directory ``<out>/checkpoints/step-NNNNNNN/`` holding what
 ``accelerator.save_state`` writes (weights, optimizer, registered scheduler, every process's RNG
@@ -87,3 +88,15 @@ def remove_partial(root: Path) -> None:
     if root.is_dir():
         for p in root.glob(".step-*.tmp"):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def save_model(accelerator, policy, tokenizer, target: Path) -> None:
+    """The trained weights (safetensors) and tokenizer into ``target`` (collective: every process calls
+    it). ``policy`` is the prepared ``train.step.PolicyLogps``: its ``model.`` prefix is dropped."""
+    weights_state = accelerator.get_state_dict(policy)  # collective under FSDP/DeepSpeed
+    if accelerator.is_main_process:
+        inner = accelerator.unwrap_model(policy).model
+        inner.save_pretrained(target, state_dict={k.removeprefix("model."): v for k, v in weights_state.items()},
+                              safe_serialization=True)
+        tokenizer.save_pretrained(target)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,313 @@
+"""On-policy training: every step samples from the current policy, rewards the samples, and updates.
+
+Owns the loop of the ``online`` and ``two_turn`` objectives (RLOO, Ahmadian et al. 2024; SCoRe,
+Kumar et al. 2024). It knows nothing of samplers or judges: the caller passes ``rollout(rows,
+seed) -> Rollout``, which samples with the model being trained and scores the samples
+(``ratchet.loop.rollouts`` builds it from a Sampler and a Judge). One step, visible in
+``train_online``:
+
+    rollout on the step's prompts (current weights, eval mode) -> tokenise every sample
+    -> reference log-probs (no grad) -> per micro-batch: policy log-probs, objective, backward
+    -> clip -> NaN/inf check -> optimizer and schedule step -> metrics row, rollouts rows, checkpoint
+
+Conventions shared with ``train.loop``: the same accelerator set-up, checkpoints
+(``train.checkpoint``; resuming redoes no finished step and refuses a changed run), metrics
+(``train.metrics``), NaN/inf stop (``NonFiniteError``) and output files, plus
+``rollouts.jsonl`` (one row per prompt and step: samples, rewards, judge details). Log-probs are
+``logprobs.packed_logps`` over packed rows (``batches.pack``): a prompt is encoded once and its k
+completions follow it, scored at completion positions only. Samples are re-tokenised from their
+text as the offline trainer does (``data.tokenize``: end-of-turn token after a completion that
+ended by itself), so on-policy and offline rounds train on the same token sequences.
+
+Objective inputs by name: ``policy_<seq>_logps`` / ``ref_<seq>_logps`` are [prompts, k] summed
+log-probs of the rollout's sequence ``<seq>`` (``policy_logps`` / ``ref_logps``: the sequence
+``completion``); any other input is a [prompts, k] number from ``Rollout.values`` (``rewards``).
+One process only (sampling runs on the unwrapped model); bf16 autocast on a GPU as in train.loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from ratchet.data.records import write_json
+from ratchet.data.revision import PromptCompletion
+from ratchet.data.tokenize import Tokenized, prompt_ids, tokenize_completion
+from ratchet.logprobs import supports_4d_mask
+from ratchet.losses import LOSSES, LossSpec
+from ratchet.train import checkpoint
+from ratchet.train.batches import pack
+from ratchet.train.loop import NonFiniteError, _accelerator
+from ratchet.train.metrics import MetricsLog, StepMetrics
+from ratchet.train.reference import compute_reference_logps
+from ratchet.train.step import PolicyLogps
+
+_LOGPS = re.compile(r"(policy|ref)_(?:(\w+)_)?logps")
+
+
+@dataclass
+class Rollout:
+    """What one step's sampling produced for its prompts (in the order of the rows given)."""
+
+    sequences: dict[str, list[list[PromptCompletion]]]
+    """Sequence name -> per prompt, its k samples as (prompt messages, completion text, ended by
+    itself). ``completion`` for single-turn objectives; SCoRe: ``first`` and ``second``."""
+    values: dict[str, list[list[float]]]
+    """Per-sample numbers the objective reads, by input name (``rewards``; SCoRe:
+    ``first_rewards``, ``second_rewards``): per prompt, k numbers."""
+    records: list[dict] = field(default_factory=list)
+    """One JSON row per prompt for rollouts.jsonl (texts, scores, judge details)."""
+
+
+@dataclass
+class _Group:
+    """One prompt's tokenised samples, named ``<seq>.<i>``: what ``batches.pack`` and
+    ``reference.compute_reference_logps`` read (``sequence(name)``, ``length``)."""
+
+    seqs: dict[str, Tokenized]
+
+    def sequence(self, name: str) -> Tokenized:
+        return self.seqs[name]
+
+    @property
+    def length(self) -> int:
+        return sum(len(s.input_ids) for s in self.seqs.values())
+
+
+def objective_sequences(spec: LossSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sequences run through the policy, sequences whose reference log-probs are needed)."""
+    policy, ref = [], []
+    for name in spec.inputs:
+        m = _LOGPS.fullmatch(name)
+        if m:
+            (policy if m.group(1) == "policy" else ref).append(m.group(2) or "completion")
+    if not policy:
+        raise ValueError(f"objective {spec.name!r} reads no policy_*logps; it cannot be trained on-policy")
+    return tuple(dict.fromkeys(policy)), tuple(dict.fromkeys(ref))
+
+
+def _tokenize(tokenizer, seq: PromptCompletion, max_length: int, prompts: dict) -> Tokenized:
+    key = repr(seq.messages)
+    if key not in prompts:
+        prompts[key] = prompt_ids(tokenizer, seq.messages)
+    # a sample cut at max_new_tokens with no text left has nothing to score: score its end-of-turn
+    complete = seq.complete or not tokenizer(seq.text, add_special_tokens=False)["input_ids"]
+    return tokenize_completion(tokenizer, prompts[key], seq.text, complete=complete, max_length=max_length)
+
+
+def tokenize_rollout(rollout: Rollout, tokenizer, names: tuple[str, ...], max_length: int) -> tuple[list[_Group], int]:
+    """One ``_Group`` per prompt holding sequences ``<name>.<i>``; also the count of truncated samples."""
+    prompts: dict = {}
+    groups, truncated = [], 0
+    n_prompts = len(rollout.sequences[names[0]])
+    for b in range(n_prompts):
+        seqs = {}
+        for name in names:
+            for i, seq in enumerate(rollout.sequences[name][b]):
+                seqs[f"{name}.{i}"] = tok = _tokenize(tokenizer, seq, max_length, prompts)
+                truncated += tok.truncated
+        groups.append(_Group(seqs))
+    return groups, truncated
+
+
+def _by_sequence(flat: dict[str, torch.Tensor] | torch.Tensor, names: tuple[str, ...], k: int,
+                 prefix: str = "") -> dict[str, torch.Tensor]:
+    """Packed outputs -> {sequence: [B, k]}. ``flat`` is [len(names) * k * B] in ``pack``'s slot order
+    (slot ``(s * k + i) * B + b``), or the per-name dict ``compute_reference_logps`` returns."""
+    if isinstance(flat, dict):
+        return {s: torch.stack([flat[f"{prefix}_{s}.{i}_logps"] for i in range(k)], -1) for s in names}
+    per = flat.view(len(names), k, -1)  # [S, k, B]
+    return {s: per[j].transpose(0, 1) for j, s in enumerate(names)}
+
+
+def objective_inputs(spec: LossSpec, policy: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
+                     values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors ``spec.fn`` reads, by name (see the module docstring)."""
+    out = {}
+    for name in spec.inputs:
+        m = _LOGPS.fullmatch(name)
+        if m:
+            out[name] = (policy if m.group(1) == "policy" else ref)[m.group(2) or "completion"]
+        elif name in values:
+            out[name] = values[name]
+        else:
+            raise ValueError(f"objective {spec.name!r} reads {name!r}, which the rollout does not provide "
+                             f"(it gives {sorted(values)})")
+    return out
+
+
+def _check_rollout(rollout: Rollout, names: tuple[str, ...], n_prompts: int) -> int:
+    """k, after checking that every sequence and value has n_prompts rows of the same k >= 2."""
+    shapes = {f"sequences[{n!r}]": [len(x) for x in rollout.sequences.get(n, [])] for n in names}
+    shapes |= {f"values[{n!r}]": [len(x) for x in v] for n, v in rollout.values.items()}
+    ks = {k for lens in shapes.values() for k in lens}
+    if any(len(lens) != n_prompts for lens in shapes.values()) or len(ks) != 1 or min(ks) < 2:
+        raise ValueError(f"rollout: expected {n_prompts} prompts with the same k >= 2 samples in every "
+                         f"sequence and value, got lengths {shapes}")
+    return ks.pop()
+
+
+def _step_prompts(n: int, per_step: int, *, seed: int, epoch: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(seed + epoch).shuffle(order)
+    return [order[s:s + per_step] for s in range(0, n, per_step)]
+
+
+def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
+                 rollout: Callable[[list[dict], int], Rollout], loss: str = "rloo", loss_params: dict | None = None,
+                 lr: float = 1e-6, epochs: int = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 256,
+                 warmup_ratio: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
+                 reference_model=None, rollout_config: dict | None = None, progress: bool = True,
+                 resume: bool = False, checkpoint_every: int = 10, keep_checkpoints: int = 2,
+                 logps_chunk_size: int = 1024) -> dict:
+    """Train ``model`` on-policy on ``prompts`` (rows of prompts.jsonl) with objective ``loss``.
+
+    A step takes ``batch_size * grad_accum`` prompts, calls ``rollout(rows, seed)`` once for all of
+    them (k samples each), and runs micro-batches of ``batch_size`` prompts; the loss is the mean
+    over the step's prompts. ``reference_model`` defaults to a frozen copy of ``model`` as given
+    (the adapter-disabled base for a PEFT model). ``rollout_config`` (e.g. sampling settings) is
+    recorded in the summary and checked on resume. Returns the summary (train_summary.json)."""
+    spec = LOSSES[loss]
+    if spec.data not in ("online", "two_turn"):
+        raise ValueError(f"objective {loss!r} trains on {spec.data} files (ratchet.train.loop), not on-policy")
+    params = spec.make_params(**(loss_params or {}))
+    policy_names, ref_names = objective_sequences(spec)
+    names = tuple(dict.fromkeys(policy_names + ref_names))
+    if not prompts:
+        raise ValueError("train_online: no prompts")
+    out_dir = Path(out_dir)
+    summary_path, ckpt_root = out_dir / "train_summary.json", out_dir / "checkpoints"
+    if resume and summary_path.exists() and (out_dir / "model").is_dir() and not checkpoint.latest(ckpt_root):
+        print(f"train: {out_dir} holds a finished run; nothing to resume")
+        return json.loads(summary_path.read_text())
+    accelerator = _accelerator(None, out_dir)
+    if accelerator.num_processes > 1:
+        raise NotImplementedError("on-policy training runs on one process (it samples with the unwrapped model)")
+    device = accelerator.device
+    set_seed(seed)
+
+    # ---- reference: a frozen copy of the starting policy unless given (PEFT: adapter disabled)
+    if ref_names and reference_model is None and not hasattr(model, "peft_config"):
+        reference_model = copy.deepcopy(model).requires_grad_(False)
+    reference = (reference_model or model).to(device).eval() if ref_names else None
+    if reference is model:
+        model.train()
+
+    # ---- model, optimizer, schedule (as train.loop)
+    per_step = batch_size * grad_accum
+    steps_per_epoch = math.ceil(len(prompts) / per_step)
+    total_steps = steps_per_epoch * epochs
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay,
+                                  fused=bool(trainable) and trainable[0].device.type in ("cpu", "cuda"))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    policy, optimizer = accelerator.prepare(PolicyLogps(model, logps_chunk_size), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    share = supports_4d_mask(model)
+    pad = tokenizer.pad_token_id
+
+    run = {"prompts_sha256": hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest(), "loss": loss,
+           "params": dataclasses.asdict(params), "seed": seed, "prompts_per_step": per_step,
+           "total_steps": total_steps, "rollout": rollout_config or {}}
+    state = {"step": 0, "samples": 0, "tokens": 0, "seconds": 0.0, "run": run}
+    if resume:
+        checkpoint.remove_partial(ckpt_root)
+        last = checkpoint.latest(ckpt_root)
+        if last is not None:
+            state = checkpoint.load(accelerator, last, run)
+            print(f"train: resumed from {last} (step {state['step']} of {total_steps})")
+    log = MetricsLog(out_dir / "train_metrics.jsonl", resume_step=state["step"], enabled=True)
+    samples_log = MetricsLog(out_dir / "rollouts.jsonl", resume_step=state["step"], enabled=True)
+    bar = tqdm(total=total_steps, initial=state["step"], unit="step", desc=f"train {loss} (on-policy)",
+               disable=not progress)
+    t0, seconds0, samples0, row, truncated = time.time(), state["seconds"], state["samples"], {}, 0
+
+    # ---- the loop: each step = rollout -> reference -> micro-batches (forward, objective, backward) -> update
+    while state["step"] < total_steps:
+        epoch, first = divmod(state["step"], steps_per_epoch)
+        for idx in _step_prompts(len(prompts), per_step, seed=seed, epoch=epoch)[first:]:
+            step = state["step"] + 1
+            rows = [prompts[i] for i in idx]
+            policy.eval()
+            out = rollout(rows, seed * 100_003 + step)  # same step, same samples: a resumed run repeats them
+            policy.train()
+            k = _check_rollout(out, names, len(rows))
+            groups, cut = tokenize_rollout(out, tokenizer, names, max_length)
+            truncated += cut
+            values = {n: torch.tensor(v, dtype=torch.float32, device=device) for n, v in out.values.items()}
+            ref = {}
+            if ref_names:
+                slots = tuple(f"{s}.{i}" for s in ref_names for i in range(k))
+                ref = _by_sequence(compute_reference_logps(reference, groups, pad, 2 * batch_size, False, names=slots,
+                                                           share_prompt=share, autocast=accelerator.autocast),
+                                   ref_names, k, prefix="ref")
+                ref = {s: v.to(device) for s, v in ref.items()}
+            stats = StepMetrics()
+            slots = tuple(f"{s}.{i}" for s in policy_names for i in range(k))
+            for m in range(0, len(groups), batch_size):
+                micro = list(range(m, min(m + batch_size, len(groups))))
+                packed = pack([groups[b] for b in micro], slots, pad, share_prompt=share)
+                logps = _by_sequence(policy(**packed.model_inputs(device)), policy_names, k)
+                pick = torch.tensor(micro, device=device)
+                result = spec.fn(**objective_inputs(spec, logps, {s: v[pick] for s, v in ref.items()},
+                                                    {n: v[pick] for n, v in values.items()}),
+                                 **dataclasses.asdict(params))
+                accelerator.backward(result.loss.sum() / len(groups))  # the mean over the step's prompts
+                stats.add_micro(result, {}, torch.ones(len(micro), device=device), [idx[b] + 1 for b in micro],
+                                packed.tokens)
+            grad_norm = accelerator.clip_grad_norm_(policy.parameters(),
+                                                    max_grad_norm if max_grad_norm > 0 else float("inf"))
+            means, totals = stats.reduce(accelerator)
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            if not (math.isfinite(means["loss"]) and math.isfinite(grad_norm)):
+                raise NonFiniteError(
+                    f"non-finite loss or gradient norm at step {step} (loss {means['loss']}, grad norm {grad_norm}); "
+                    f"prompts {[r.get('id') for r in rows]}; rows with a non-finite loss: {stats.bad_rows}. "
+                    f"Not updated; last good checkpoint: {checkpoint.latest(ckpt_root) or 'none'}")
+            step_lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            n_samples = sum(len(g.seqs) for g in groups)
+            state = {"step": step, "samples": state["samples"] + n_samples,
+                     "tokens": state["tokens"] + int(totals["tokens"]), "seconds": seconds0 + time.time() - t0,
+                     "run": run}
+            elapsed = time.time() - t0
+            row = {"step": step, "epoch": epoch, **{k_: v for k_, v in means.items() if k_ != "tokens"},
+                   "grad_norm": grad_norm, "lr": step_lr, "samples_per_s": (state["samples"] - samples0) / elapsed}
+            log.write(row)
+            for record in out.records:
+                samples_log.write({"step": step, **record})
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", reward=f"{row.get('rewards', float('nan')):.3f}")
+            if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
+                checkpoint.save(accelerator, ckpt_root, step, {**state, "epoch": epoch}, keep=keep_checkpoints)
+    bar.close()
+    log.close()
+    samples_log.close()
+
+    # ---- the trained model, the summary; checkpoints are no longer needed
+    summary = {"loss": loss, "params": dataclasses.asdict(params), "prompts": len(prompts), "steps": state["step"],
+               "prompts_per_step": per_step, "samples": state["samples"], "truncated": truncated,
+               "rollout": rollout_config or {}, "seconds": seconds0 + time.time() - t0, "final": row}
+    checkpoint.save_model(accelerator, policy, tokenizer, out_dir / "model")
+    write_json(summary_path, summary)
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    accelerator.end_training()
+    return summary

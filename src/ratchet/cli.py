@@ -9,7 +9,8 @@
     ratchet prompts  --split train|heldout --out P   task prompts
     ratchet generate --model M --prompts P --out C   k completions per prompt
     ratchet judge    --completions C --out J
-    ratchet pair     --completions C --judgments J --out PAIRS
+    ratchet self-score --model M --completions C --out S   log pi(y|x) of each sample (SFT-sharpening)
+    ratchet pair     --completions C --judgments J --out PAIRS [--self-scores S]   (SFT rows for sft objectives)
     ratchet train    --model M --pairs PAIRS --out DIR [--skip-invalid]
     ratchet evaluate --model M --prompts P --out DIR
 
@@ -94,7 +95,17 @@ def _judge(args, cfg):
 def _pair(args, cfg):
     from ratchet.loop import stages
 
-    print(stages.pair(Path(args.completions), Path(args.judgments), _stage_output(args.out, cfg), cfg.pair))
+    print(stages.pair(Path(args.completions), Path(args.judgments), _stage_output(args.out, cfg), cfg.pair,
+                      loss=cfg.train.loss.name, self_scores=Path(args.self_scores) if args.self_scores else None))
+
+
+def _self_score(args, cfg):
+    from ratchet.loop import stages
+    from ratchet.models import load_model
+
+    model, tok = load_model(args.model)
+    print(stages.self_score(model, tok, Path(args.completions), _stage_output(args.out, cfg),
+                            batch_size=cfg.generate.batch_size))
 
 
 def _train(args, cfg):
@@ -157,8 +168,11 @@ COMMANDS = {
     "generate": (_generate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
                              ("--out", dict(required=True))]),
     "judge": (_judge, [("--completions", dict(required=True)), ("--out", dict(required=True))]),
+    "self-score": (_self_score, [("--model", dict(required=True)), ("--completions", dict(required=True)),
+                                 ("--out", dict(required=True))]),
     "pair": (_pair, [("--completions", dict(required=True)), ("--judgments", dict(required=True)),
-                     ("--out", dict(required=True))]),
+                     ("--out", dict(required=True)),
+                     ("--self-scores", dict(default=None, help="self-score rows (for pair.selection: self_loglik)"))]),
     "train": (_train, [("--model", dict(required=True)), ("--pairs", dict(required=True)),
                        ("--out", dict(required=True)), ("--skip-invalid", dict(action="store_true"))]),
     "evaluate": (_evaluate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),

@@ -7,7 +7,8 @@ pairs-row numbers are read: ``policy_<seq>_logps``, ``ref_<seq>_logps``, ``ancho
 ``<seq>_lengths``, ``<seq>_win_rates`` (row field ``<seq>_win_rate``). The two objectives whose
 inputs are not named after sequences get a hand-written mapping: KTO (``unpaired``; on a pairs
 file chosen is desirable and rejected undesirable, on an unpaired file each row's ``completion``
-is one example labelled by its ``label``; z0 from the ``kl`` sequence) and SFT (the chosen answers).
+is one example labelled by its ``label``; z0 from the ``kl`` sequence) and SFT (the chosen answers
+of pairs, or every row's ``completion`` of an unpaired file: ``data.selection`` writes SFT rows so).
 
 ``PolicyLogps`` is the module the training loop prepares with accelerate: a packed batch in,
 summed completion log-probs out. DDP, FSDP and DeepSpeed see its ``forward``, so gradient
@@ -58,6 +59,7 @@ _SPECIAL = {  # (LossSpec.data, row format of the file) -> Needs
     ("unpaired", "pairs"): Needs(("chosen", "rejected", "kl"), ("chosen", "rejected", "kl"), (), ()),
     ("unpaired", "unpaired"): Needs(("completion", "kl"), ("completion", "kl"), (), ("label",)),
     ("sft", "pairs"): Needs(("chosen",), (), (), ()),
+    ("sft", "unpaired"): Needs(("completion",), (), (), ()),  # every row's answer (data.selection's SFT rows)
 }
 
 
@@ -68,7 +70,7 @@ def needs(spec: LossSpec, row_format: str = "pairs") -> Needs:
     if row_format != "pairs":
         readers = sorted({d for d, f in _SPECIAL if f == row_format})
         raise ValueError(f"objective {spec.name!r} trains on pairs (chosen/rejected); the file holds {row_format} "
-                         f"rows, which only objectives with LossSpec.data in {readers} read (kto)")
+                         f"rows, which only objectives with LossSpec.data in {readers} read (kto, sft)")
     policy, ref, anchor, values = ["chosen", "rejected"], [], [], []
     for name in spec.inputs:
         for pattern, into in ((r"policy_(\w+)_logps", policy), (r"ref_(\w+)_logps", ref),
@@ -104,8 +106,9 @@ def loss_inputs(spec: LossSpec, policy: dict[str, torch.Tensor], lengths: dict[s
         return {"policy_logps": torch.cat([policy["chosen"], policy["rejected"]]),
                 "ref_logps": torch.cat([precomputed["ref_chosen_logps"], precomputed["ref_rejected_logps"]]),
                 "labels": torch.cat([ones, ~ones]), "kl_baseline": kl}
-    if spec.data == "sft":
-        return {"policy_logps": policy["chosen"], "lengths": lengths["chosen"].to(policy["chosen"])}
+    if spec.data == "sft":  # the selected answers of an SFT file, or the chosen answers of pairs
+        seq = "completion" if "completion" in policy else "chosen"
+        return {"policy_logps": policy[seq], "lengths": lengths[seq].to(policy[seq])}
     out = {}
     for name in spec.inputs:
         if name.startswith("policy_"):

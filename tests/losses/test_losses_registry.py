@@ -18,9 +18,9 @@ from ._helpers import random_inputs
 
 EXPECTED = {
     "dpo", "cdpo", "rdpo", "ipo", "hinge", "kto", "simpo", "orpo", "rpo",
-    "selm", "srpo", "inpo", "sppo", "nca", "fdpo", "sft", "rloo", "pit",
+    "selm", "srpo", "inpo", "sppo", "nca", "fdpo", "sft", "rloo", "pit", "score",
 }  # fmt: skip
-ON_POLICY = {"rloo"}  # [prompts, k] inputs from fresh samples (tests/losses/test_rloo.py)
+ON_POLICY = {"rloo", "score"}  # [prompts, k] inputs from fresh samples (tests/losses/test_rloo.py, test_score.py)
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 

@@ -35,6 +35,7 @@ from ratchet.losses.pit import PITParams, pit_loss
 from ratchet.losses.reference_free import ORPOParams, SimPOParams, orpo_loss, simpo_loss
 from ratchet.losses.rloo import RLOOParams, rloo_advantages, rloo_loss
 from ratchet.losses.rpo import RPOParams, rpo_loss
+from ratchet.losses.score import SCoReParams, score_loss, score_rewards
 from ratchet.losses.selm import SELMParams, selm_loss
 from ratchet.losses.sft import SFTParams, sft_loss
 from ratchet.losses.srpo import SRPOParams, srpo_loss
@@ -63,6 +64,8 @@ LOSSES: dict[str, LossSpec] = {
     "sft": LossSpec(name="sft", fn=sft_loss, params=SFTParams, needs_reference=False, data="sft"),
     # on-policy: trained by ratchet.train.online on k fresh samples per prompt, never from a pairs file
     "rloo": LossSpec(name="rloo", fn=rloo_loss, params=RLOOParams, needs_reference=True, data="online"),
+    # SCoRe: two-turn episodes (answer, self-correction instruction, second answer), same on-policy trainer
+    "score": LossSpec(name="score", fn=score_loss, params=SCoReParams, needs_reference=True, data="two_turn"),
 }
 
 __all__ = [
@@ -82,6 +85,7 @@ __all__ = [
     "RDPOParams",
     "RLOOParams",
     "RPOParams",
+    "SCoReParams",
     "SELMParams",
     "SFTParams",
     "SPPOParams",
@@ -102,6 +106,8 @@ __all__ = [
     "rloo_advantages",
     "rloo_loss",
     "rpo_loss",
+    "score_loss",
+    "score_rewards",
     "selm_loss",
     "sft_loss",
     "simpo_loss",

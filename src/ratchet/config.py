@@ -36,6 +36,12 @@ class TaskConfig:
 
 @dataclass
 class GenerateConfig:
+    def __post_init__(self) -> None:
+        if any(t <= 0 for t in self.temperature_grid):  # greedy would give k copies of one answer
+            raise ConfigError(f"generate.temperature_grid: expected temperatures > 0, got {self.temperature_grid}")
+        if self.temperature_probe_prompts < 1:
+            raise ConfigError(f"generate.temperature_probe_prompts: expected >= 1, got {self.temperature_probe_prompts}")
+
     sampler: str = "cached"
     """``cached`` (one prefill per prompt, finished rows leave the batch; ratchet's own decode
     loop), ``hf`` (transformers' ``generate``), or ``vllm`` (GPU, if installed)."""
@@ -53,6 +59,13 @@ class GenerateConfig:
     """Stop strings (kept in the text); None means the task's own (arithmetic: a blank line)."""
     seed: int = 0
     """Sampling seed."""
+    temperature_grid: list[float] = field(default_factory=list)
+    """B-STaR's temperature search (Zeng et al. 2024, section 9.5): if set, each round first samples
+    its first ``temperature_probe_prompts`` prompts with ``k`` samples at every temperature here,
+    judges them, and samples the round at the one with the highest balance score (eq. 3; ties: the
+    lowest), recorded in the round's metrics.json. Empty (default): always ``temperature``."""
+    temperature_probe_prompts: int = 32
+    """Prompts (the round's first n) sampled at each ``temperature_grid`` temperature."""
 
 
 @dataclass

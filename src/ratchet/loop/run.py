@@ -9,6 +9,8 @@ Directory of a run (every file plain, every stage re-runnable alone from the CLI
                                        objectives on sft data), self_scores.jsonl (self-scored selections),
                                        train/ (model/, train_metrics.jsonl), eval/ (metrics.json),
                                        metrics.json (the round's B-STaR and eval metrics), manifest.json
+    runs/<name>/round_<r>/temperature/ with ``generate.temperature_grid``: the probe samples at each
+                                       temperature and temperature.json (B-STaR's choice for the round)
     runs/<name>/summary.json           per-round metrics, which rounds were kept, the best model
     runs/<name>/report.html            plots of every metric over rounds, a table of rounds
 
@@ -72,7 +74,15 @@ def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: 
     p, c, j, pairs = (round_dir / f for f in ("prompts.jsonl", "completions.jsonl", "judgments.jsonl", "pairs.jsonl"))
     run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "round": r}, [], [p],
               lambda: stages.make_prompts(cfg.task, "train", p, seed_offset=r))
-    gen = cfg.generate
+    gen, probed = cfg.generate, None
+    if gen.temperature_grid:  # B-STaR: this round's temperature from a probe of its first prompts
+        probe = round_dir / "temperature"
+        run_stage(round_dir, "temperature", {"generate": to_dict(gen), "judge": to_dict(cfg.judge),
+                                             "model": model_id(model_path)}, [p], [probe / "temperature.json"],
+                  lambda: stages.probe_temperature(*models.get(model_path), p, probe, gen, cfg.judge,
+                                                   progress=progress))
+        probed = json.loads((probe / "temperature.json").read_text())
+        gen = dataclasses.replace(gen, temperature=probed["temperature"])
     run_stage(round_dir, "generate", {"generate": to_dict(gen), "model": model_id(model_path)}, [p], [c],
               lambda: stages.generate(*models.get(model_path), p, c, gen, progress=progress))
     run_stage(round_dir, "judge", {"judge": to_dict(cfg.judge)}, [c], [j], lambda: stages.judge(c, j, cfg.judge))
@@ -87,6 +97,8 @@ def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: 
     n_pairs = len(read_jsonl(pairs))
     metrics = {"round": r, **bstar_metrics(read_jsonl(c), read_jsonl(j), pairs_kept=n_pairs),
                "temperature": gen.temperature}
+    if probed is not None:
+        metrics["temperature_balance"] = probed["balance_scores"]  # balance score of each grid temperature
     if n_pairs == 0:
         return {**metrics, "skipped_training": "no pairs"}
     train_dir = round_dir / "train"

@@ -16,6 +16,7 @@ from ratchet.data import arithmetic
 from ratchet.data.pairing import build_pairs, build_unpaired
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.data.selection import attach_logprobs, build_sft
+from ratchet.evaluate.bstar import balance_score, choose_temperature
 from ratchet.generate.base import SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.generate.hf import HFSampler
@@ -54,6 +55,31 @@ def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *,
     sampling = dataclasses.asdict(params)
     return write_jsonl(out, ({**row, "completions": [dataclasses.asdict(s) for s in ss], "sampling": sampling}
                              for row, ss in zip(rows, samples)))
+
+
+def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: GenerateConfig, judge_cfg: JudgeConfig,
+                      *, progress: bool = True) -> dict:
+    """B-STaR's temperature for a round (Zeng et al. 2024, section 9.5): sample the first
+    ``cfg.temperature_probe_prompts`` prompts at every ``cfg.temperature_grid`` temperature (k
+    each), judge them, and pick by balance score (``evaluate.bstar.choose_temperature``). Writes
+    the samples and judgments per temperature and ``temperature.json``:
+    ``{"temperature", "balance_scores": {str(t): score}, "probe_prompts"}``."""
+    out_dir = Path(out_dir)
+    probe = write_jsonl(out_dir / "probe_prompts.jsonl", read_jsonl(prompts)[:cfg.temperature_probe_prompts])
+    candidates = {}
+    for t in cfg.temperature_grid:
+        c = generate(model, tokenizer, probe, out_dir / f"completions_t{t}.jsonl",
+                     dataclasses.replace(cfg, temperature=t), progress=progress)
+        candidates[t] = (read_jsonl(c), read_jsonl(judge(c, out_dir / f"judgments_t{t}.jsonl", judge_cfg)))
+    try:
+        chosen = choose_temperature(candidates)
+    except ValueError as e:
+        raise ValueError(f"generate.temperature_grid: {e}; the judge {judge_cfg.name!r} must say which samples "
+                         "are correct") from None
+    result = {"temperature": chosen, "balance_scores": {str(t): balance_score(*cj) for t, cj in candidates.items()},
+              "probe_prompts": len(read_jsonl(probe))}
+    write_json(out_dir / "temperature.json", result)
+    return result
 
 
 def judge(completions: Path, out: Path, cfg: JudgeConfig) -> Path:

@@ -11,7 +11,7 @@
     ratchet judge    --completions C --out J
     ratchet self-score --model M --completions C --out S   log pi(y|x) of each sample (SFT-sharpening)
     ratchet pair     --completions C --judgments J --out PAIRS [--self-scores S]   (SFT rows for sft objectives)
-    ratchet train    --model M --pairs PAIRS --out DIR [--skip-invalid]
+    ratchet train    --model M --pairs PAIRS --out DIR [--skip-invalid] [--resume]
     ratchet evaluate --model M --prompts P --out DIR
 
 Every command takes ``--recipe R.yaml`` and trailing ``key=value`` overrides (dotted keys, e.g.
@@ -115,7 +115,7 @@ def _train(args, cfg):
     model, tok = load_model(args.model)
     out = _stage_output(args.out, cfg)
     summary = stages.train(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid,
-                           revision_template=cfg.revise.template)
+                           revision_template=cfg.revise.template, resume=args.resume)
     print(f"train: {summary['pairs']} pairs, {summary['steps']} steps, final loss {summary['final'].get('loss')}, "
           f"skipped {summary['skipped']}, truncated {summary['truncated']} -> {out / 'model'}")
 
@@ -174,7 +174,9 @@ COMMANDS = {
                      ("--out", dict(required=True)),
                      ("--self-scores", dict(default=None, help="self-score rows (for pair.selection: self_loglik)"))]),
     "train": (_train, [("--model", dict(required=True)), ("--pairs", dict(required=True)),
-                       ("--out", dict(required=True)), ("--skip-invalid", dict(action="store_true"))]),
+                       ("--out", dict(required=True)), ("--skip-invalid", dict(action="store_true")),
+                       ("--resume", dict(action="store_true",
+                                         help="continue from the newest checkpoint in OUT/checkpoints"))]),
     "evaluate": (_evaluate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
                              ("--out", dict(required=True))]),
 }

@@ -40,7 +40,8 @@ class GenerateConfig:
         if any(t <= 0 for t in self.temperature_grid):  # greedy would give k copies of one answer
             raise ConfigError(f"generate.temperature_grid: expected temperatures > 0, got {self.temperature_grid}")
         if self.temperature_probe_prompts < 1:
-            raise ConfigError(f"generate.temperature_probe_prompts: expected >= 1, got {self.temperature_probe_prompts}")
+            raise ConfigError(f"generate.temperature_probe_prompts: expected >= 1, "
+                              f"got {self.temperature_probe_prompts}")
 
     sampler: str = "cached"
     """``cached`` (one prefill per prompt, finished rows leave the batch; ratchet's own decode
@@ -143,6 +144,9 @@ class TrainConfig:
     INPO and SELM) or ``initial`` (the starting model, fixed for all rounds)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    checkpoint_every: int = 50
+    """Optimizer steps between checkpoints (``<out>/checkpoints``, removed when training finishes),
+    from which ``ratchet train --resume`` and a restarted loop continue; 0 disables them."""
     seed: int = 0
     """Seed for data order and initialisation of adapters."""
 

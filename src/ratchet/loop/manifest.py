@@ -5,13 +5,15 @@ where inputs and outputs are ``{path: sha256}``. ``run_stage`` skips a stage who
 its config and its inputs' hashes) matches and whose outputs are intact; a finished stage whose
 key no longer matches is a ``StaleStageError`` naming what changed, never a silent mix of old
 and new files. A stage killed half-way has no entry (entries are written after the outputs,
-atomically), so it simply runs again.
+atomically), so it simply runs again; ``claim`` lets such a stage keep its partial work (training
+checkpoints) only when it is run again with the same config.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -49,6 +51,19 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
+
+
+def claim(directory: Path, config: dict) -> None:
+    """Keep what an interrupted run of a stage left in ``directory`` (e.g. training checkpoints to
+    resume from) only if that run had the same ``config``; otherwise empty the directory, so a
+    stage never continues work started under another recipe. Records ``config`` in
+    ``directory/stage_config.json``."""
+    marker = directory / "stage_config.json"
+    wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
+    if directory.exists() and (not marker.exists() or json.loads(marker.read_text()) != wanted):
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(marker, wanted)
 
 
 def run_stage(round_dir: Path, stage: str, config: dict, inputs: list[Path], outputs: list[Path],

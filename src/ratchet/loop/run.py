@@ -32,7 +32,7 @@ from ratchet.data.records import read_jsonl, write_json
 from ratchet.data.selection import SELECTIONS
 from ratchet.evaluate.bstar import bstar_metrics
 from ratchet.loop import stages
-from ratchet.loop.manifest import run_stage
+from ratchet.loop.manifest import claim, run_stage
 from ratchet.losses import LOSSES
 from ratchet.models import load_model, resolve_model
 
@@ -104,10 +104,11 @@ def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: 
     train_dir = round_dir / "train"
 
     def train():
+        claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint
         reference = None if reference_path == model_path else load_model(reference_path)[0]
         stages.train(*models.get(model_path), pairs, train_dir, cfg.train, reference_model=reference,
                      reference_id=json.dumps(model_id(reference_path)),
-                     revision_template=cfg.revise.template, progress=progress)
+                     revision_template=cfg.revise.template, resume=True, progress=progress)
         models.forget()  # the object in memory is now the trained model, not model_path's
 
     key = {"train": to_dict(cfg.train), "model": model_id(model_path), "reference": model_id(reference_path)}

@@ -149,9 +149,11 @@ def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> 
 
 def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
           reference_model=None, reference_id: str = "policy-at-start", revision_template: str = "revision",
-          progress: bool = True) -> dict:
+          resume: bool = False, progress: bool = True) -> dict:
     """Train on ``pairs``; ``revision_template`` (``revise.template``) makes SRPO's revision prompts, so
-    training and ``revise`` use one template (objectives without revise_* sequences ignore it)."""
+    training and ``revise`` use one template (objectives without revise_* sequences ignore it);
+    ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (every
+    ``cfg.checkpoint_every`` steps), if there is one."""
     from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
 
     if cfg.lora_r > 0:
@@ -166,7 +168,8 @@ def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, ski
                       max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                       max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, skip_invalid=skip_invalid,
                       reference_model=reference_model, reference_id=reference_id,
-                      revision_template=revision_template, progress=progress)
+                      revision_template=revision_template, resume=resume, checkpoint_every=cfg.checkpoint_every,
+                      progress=progress)
 
 
 def revise(model, tokenizer, prompts: Path, out: Path, cfg: ReviseConfig, eval_cfg: EvalConfig, *,

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ratchet.data.correction import INSTRUCTION as CORRECTION_INSTRUCTION
+
 
 class ConfigError(ValueError):
     pass
@@ -176,6 +178,39 @@ class ReviseConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """On-policy objectives (``LOSSES[name].data`` ``online``: RLOO; ``two_turn``: SCoRe) train on the
+    round's prompts directly, with no generate/judge/pair stages: each optimizer step takes
+    ``train.batch_size * train.grad_accum`` prompts, samples ``generate.k`` completions of each from
+    the current policy (``generate``'s sampler, temperature, top_p, max_new_tokens, stop) and
+    rewards them, so a round of ``task.train_prompts`` prompts draws train_prompts x k samples, as
+    an offline round does (``ratchet.loop.online``)."""
+
+    def __post_init__(self) -> None:
+        if self.reward not in ("judge", "self_loglik"):
+            raise ConfigError(f"online.reward: expected 'judge' or 'self_loglik', got {self.reward!r}")
+        if self.stage_one_rounds < 0:
+            raise ConfigError(f"online.stage_one_rounds: expected >= 0, got {self.stage_one_rounds}")
+        if not self.correction_instruction.strip():
+            raise ConfigError("online.correction_instruction: expected a non-empty instruction")
+
+    reward: str = "judge"
+    """``judge``: the ``judge`` section's score (``answer``: 1.0 for a correct final answer);
+    ``self_loglik``: the sample's log-likelihood under the round's reference model, Sharpening's
+    self-reward log pi_base(y|x) (Huang et al. 2024); the latter reads no ground truth."""
+    length_normalized: bool = True
+    """With ``self_loglik``: the log-likelihood per completion token, so an answer is not preferred
+    for being short."""
+    correction_instruction: str = CORRECTION_INSTRUCTION
+    """SCoRe: the user turn between attempt 1 and attempt 2, in training and evaluation (default: the
+    paper's MATH instruction, first two sentences)."""
+    stage_one_rounds: int = 1
+    """SCoRe: rounds 1..n train Stage I (reward on attempt 2, attempt 1 held to the reference by
+    beta2), later rounds Stage II (both attempts rewarded, bonus alpha * (r2 - r1)); the loop sets
+    the objective's ``stage`` parameter from it."""
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     """Run name; files go to ``<runs_dir>/<name>/``."""
@@ -194,6 +229,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     revise: ReviseConfig = field(default_factory=ReviseConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

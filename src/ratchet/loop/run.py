@@ -61,16 +61,25 @@ class _Models:
 
 def _evaluate(cfg: RunConfig, models: _Models, model_path: str, heldout: Path, out_dir: Path,
               round_dir: Path, progress: bool) -> dict:
+    from ratchet.loop import online
+
+    evaluate, extra = online.evaluation(cfg)  # SCoRe: attempt 2 after the self-correction instruction too
     run_stage(round_dir, "evaluate", {"evaluate": to_dict(cfg.evaluate), "judge": to_dict(cfg.judge),
-                                      "model": model_id(model_path)}, [heldout], [out_dir / "metrics.json"],
-              lambda: stages.evaluate(*models.get(model_path), heldout, out_dir, cfg.evaluate, cfg.judge,
-                                      progress=progress))
+                                      "model": model_id(model_path), **extra}, [heldout], [out_dir / "metrics.json"],
+              lambda: evaluate(*models.get(model_path), heldout, out_dir, cfg.evaluate, cfg.judge,
+                               progress=progress))
     return json.loads((out_dir / "metrics.json").read_text())
 
 
 def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: str, heldout: Path, r: int,
               models: _Models, *, progress: bool = True) -> dict:
     """One round from ``model_path``; returns its metrics (the trained model is in round_dir/train/model)."""
+    from ratchet.loop import online
+
+    if online.is_online(cfg):  # on-policy (RLOO, SCoRe): no generate/judge/pair stages, samples drawn in training
+        return online.run_round(cfg, round_dir, model_path, reference_path, r, models, progress=progress,
+                                evaluate=lambda path: _evaluate(cfg, models, path, heldout, round_dir / "eval",
+                                                                round_dir, progress))
     p, c, j, pairs = (round_dir / f for f in ("prompts.jsonl", "completions.jsonl", "judgments.jsonl", "pairs.jsonl"))
     run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "round": r}, [], [p],
               lambda: stages.make_prompts(cfg.task, "train", p, seed_offset=r))

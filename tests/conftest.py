@@ -35,12 +35,12 @@ def make_tokenizer():
     return fast
 
 
-def make_model(vocab_size: int, seed: int = 0):
+def make_model(vocab_size: int, seed: int = 0, max_positions: int = 512):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                          tie_word_embeddings=True, pad_token_id=2, bos_token_id=1, eos_token_id=2)
     return LlamaForCausalLM(config)
 

@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 @dataclass
 class TaskConfig:
     name: str = "arithmetic"
-    """Built-in task that makes the prompts (``arithmetic``)."""
+    """Built-in task that makes the prompts: ``arithmetic``, or ``humaneval`` (the 164 HumanEval
+    problems, halved once by a hash of the task id: at most 82 train and 82 held out)."""
     train_prompts: int = 256
     """Training prompts sampled from the task each round."""
     heldout_prompts: int = 200
@@ -41,6 +42,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if any(t <= 0 for t in self.temperature_grid):  # greedy would give k copies of one answer
             raise ConfigError(f"generate.temperature_grid: expected temperatures > 0, got {self.temperature_grid}")
+        if self.tests < 0 or self.max_tests < 1:
+            raise ConfigError(f"generate.tests / max_tests: expected >= 0 / >= 1, got {self.tests} / {self.max_tests}")
         if self.temperature_probe_prompts < 1:
             raise ConfigError(f"generate.temperature_probe_prompts: expected >= 1, "
                               f"got {self.temperature_probe_prompts}")
@@ -62,6 +65,14 @@ class GenerateConfig:
     """Stop strings (kept in the text); None means the task's own (arithmetic: a blank line)."""
     seed: int = 0
     """Sampling seed."""
+    tests: int = 0
+    """DSTC (Liu et al. 2024; ALGORITHMS.md section 6): test-writing samples per code prompt, from
+    ``tests_template``; their asserts, parsed into single tests, are stored in each completions row
+    as ``tests`` (the samples as ``test_samples``) for the ``dstc`` judge. 0: no tests."""
+    tests_template: str = "write_tests"
+    """Test-writing prompt: a bundled name (``write_tests``) or a file using $prompt and $entry_point."""
+    max_tests: int = 16
+    """Cap on the parsed tests kept per prompt (first come), which bounds the pass matrix's runs."""
     temperature_grid: list[float] = field(default_factory=list)
     """B-STaR's temperature search (Zeng et al. 2024, section 9.5): if set, each round first samples
     its first ``temperature_probe_prompts`` prompts with ``k`` samples at every temperature here,
@@ -74,7 +85,9 @@ class GenerateConfig:
 @dataclass
 class JudgeConfig:
     name: str = "answer"
-    """Judge that scores completions: ``answer`` (final-answer match against the gold answer)."""
+    """Judge that scores completions (``ratchet.judge.JUDGES``): ``answer`` (final-answer match
+    against the gold answer), ``unit_tests`` (the code task's real tests in the sandbox), ``dstc``
+    (each code sample against the model's own tests, ``generate.tests``)."""
 
 
 @dataclass
@@ -161,6 +174,9 @@ class EvalConfig:
     """Cap on generated tokens of each greedy held-out answer."""
     batch_size: int = 64
     """Held-out prompts decoded together."""
+    judge: str | None = None
+    """Judge of the held-out answers; None: the training judge (``judge.name``). DSTC trains on
+    the model's own tests and evaluates with the real ones (``unit_tests``)."""
 
 
 @dataclass

@@ -76,3 +76,11 @@ def test_a_forging_test_cannot_pass_other_tests(sandbox):
     tests = ["assert inc(0) == 1", forger, "assert inc(1) == 2"]
     wrong = "def inc(x):\n    return x\n"
     assert pass_matrix(sandbox, [wrong], tests, "inc") == [[False, False, False]]
+
+
+def test_parse_drops_the_models_own_copy_of_the_function():
+    """Small models write a solution above their asserts; kept as context, it would shadow the
+    code sample under test, and every sample would pass every test."""
+    text = ("```python\nfrom solution import inc\ndef inc(x):\n    return x + 2\n\ncandidate = inc\n"
+            "def helper(y):\n    return y\n\nassert inc(helper(1)) == 2\n```")
+    assert parse_tests(text, "inc") == ["def helper(y):\n    return y\nassert inc(helper(1)) == 2"]

@@ -122,16 +122,17 @@ def test_dstc_select_minimax():
 def test_dstc_pairs_concatenate_code_and_test():
     m = [[1, 1, 0, 1], [1, 0, 0, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
     row = _row(["code0", "code1", "code2", "code3"], tests=["t0", "t1", "t2", "t3"])
-    judged = {"id": "p", "scores": [0.75, 0.5, 1.0, 0.25], "pass_matrix": m}
+    judged = {"id": "p", "scores": [0.75, 0.5, 1.0, 0.25], "details": [{"passed": r} for r in m]}
     [pair] = build_pairs([row], [judged], strategy="dstc", max_pairs_per_prompt=2)
     assert pair["chosen"] == "code2\n\nt2" and pair["rejected"] == "code3\n\nt0"
     assert (pair["chosen_score"], pair["rejected_score"]) == (1.0, 0.25)  # 4/4 and 1/4 tests passed
     [pair] = build_pairs([row], [judged], strategy="dstc", max_pairs_per_prompt=1, concat="{test}|{code}")
     assert pair["chosen"] == "t2|code2"
-    with pytest.raises(ValueError, match="needs row\\['tests'\\] and judged\\['pass_matrix'\\]"):
+    with pytest.raises(ValueError, match="needs row\\['tests'\\] and judged\\['details'\\]\\[j\\]\\['passed'\\]"):
         build_pairs([row], [{"id": "p", "scores": [0] * 4}], strategy="dstc", max_pairs_per_prompt=1)
     with pytest.raises(ValueError, match="4 codes x 4 tests"):
-        build_pairs([row], [{**judged, "pass_matrix": m[:3]}], strategy="dstc", max_pairs_per_prompt=1)
+        build_pairs([row], [{**judged, "details": judged["details"][:3] + [{"passed": [1]}]}], strategy="dstc",
+                    max_pairs_per_prompt=1)
 
 
 def _contents(pair):

@@ -15,9 +15,9 @@ Inputs some strategies need beyond the common rows:
 - ``gold_vs_samples`` (DNO): the prompt row's ``gold`` (a full reference response) or, failing
   that, its ``answer``; ``completions.jsonl`` rows carry every prompt field.
 - ``dstc``: the completions row holds the J code samples in ``completions`` and the K parsed
-  tests (``judge.dstc.parse_tests``) in ``row["tests"]: list[str]``; the judgments row holds
-  ``judged["pass_matrix"]: list[list[bool]]``, J rows by K columns, ``[j][k]`` = code j passes
-  test k (``judge.dstc.pass_matrix``), and per-code ``scores`` (any, e.g. the fraction passed).
+  tests (``judge.dstc.parse_tests``) in ``row["tests"]: list[str]``; the judgments row holds the
+  pass matrix one code sample per detail: ``judged["details"][j]["passed"]: list[bool]``, K
+  entries, ``[k]`` = code j passes test k (``judge.dstc.DSTCJudge``), and per-code ``scores``.
 
 Unpaired examples for KTO (section 2.5) come from ``build_unpaired`` with a labeller from
 ``LABELLERS``, or from ``unpaired_from_pairs`` (a pair split into a desirable and an undesirable
@@ -224,12 +224,15 @@ def dstc_select(matrix: list[list[bool]]) -> tuple[int, int, int, int] | None:
 def dstc(row: dict, judged: dict, *, max_pairs: int, rng: random.Random, concat: str = DSTC_CONCAT) -> list[dict]:
     """One DSTC pair per prompt (section 6): chosen = code j' + test k', rejected = code j* + test
     k* (``dstc_select``), joined with ``concat``. Scores are the codes' fractions of tests passed.
-    Needs ``row["tests"]`` and ``judged["pass_matrix"]`` (see the module docstring)."""
-    if "pass_matrix" not in judged or "tests" not in row:
-        raise ValueError(f"dstc: prompt {row['id']!r} needs row['tests'] and judged['pass_matrix']")
-    matrix, tests, codes = judged["pass_matrix"], row["tests"], row["completions"]
+    Needs ``row["tests"]`` and ``judged["details"][j]["passed"]`` (see the module docstring)."""
+    details = judged.get("details") or []
+    if "tests" not in row or not details or not all(isinstance(d, dict) and "passed" in d for d in details):
+        raise ValueError(f"dstc: prompt {row['id']!r} needs row['tests'] and judged['details'][j]['passed'] "
+                         "(the dstc judge's pass matrix)")
+    matrix, tests, codes = [d["passed"] for d in details], row["tests"], row["completions"]
     if len(matrix) != len(codes) or any(len(r) != len(tests) for r in matrix):
-        raise ValueError(f"dstc: prompt {row['id']!r}: pass_matrix must be {len(codes)} codes x {len(tests)} tests")
+        raise ValueError(f"dstc: prompt {row['id']!r}: the pass matrix must be {len(codes)} codes x "
+                         f"{len(tests)} tests")
     picked = dstc_select(matrix)
     if picked is None or max_pairs < 1:
         return []

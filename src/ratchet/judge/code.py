@@ -10,21 +10,30 @@ markdown fence when the completion has one; so a body-only continuation and a fu
 of the function both work. The tests' process runs the prompt as setup, so helpers the tests use
 (HumanEval/32's ``poly``, HumanEval/38's ``encode_cyclic``) come from the task, never from the
 completion, then runs ``test`` and ``check(candidate)``.
+
+The ``humaneval`` task of the loop (``human_eval_problems``) splits the 164 problems once and for
+all: ordered by a hash of ``task_id``, the first half is the held-out pool and the second the
+training pool, so no count or seed can make the splits overlap.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from ratchet.judge.base import Judgment
-from ratchet.judge.sandbox import Job, RunResult, Sandbox
+from ratchet.judge.sandbox import Job, Limits, RunResult, Sandbox
 
 CODE_INSTRUCTION = "Complete the following Python function. Reply with the complete function in a ```python block."
+STOP = ("\n```\n",)
+"""Stop strings for code: the line closing the reply's fence (the opening ```python line does
+not match); what follows is prose."""
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 _FIELDS = ("task_id", "prompt", "entry_point", "test")
 
@@ -60,9 +69,9 @@ class CodeTask:
                 pass
         return ""
 
-    def to_record(self, instruction: str = CODE_INSTRUCTION) -> dict:
+    def to_record(self, instruction: str = CODE_INSTRUCTION, task: str = "code") -> dict:
         """A prompts.jsonl row (see data.records); ``code`` carries what the judge needs."""
-        return {"id": self.task_id, "task": "code",
+        return {"id": self.task_id, "task": task,
                 "messages": [{"role": "user", "content": f"{instruction}\n\n```python\n{self.prompt}```"}],
                 "code": {"prompt": self.prompt, "entry_point": self.entry_point, "test": self.test}}
 
@@ -108,6 +117,22 @@ def load_code_tasks(path: str | Path) -> list[CodeTask]:
     return tasks
 
 
+def human_eval_problems(n: int, *, split: str, seed: int = 0) -> list[dict]:
+    """``n`` HumanEval prompt rows of ``split`` (the loop's ``humaneval`` task). Held out: the first
+    ``n`` of the held-out pool in hash order, the same for every seed; train: ``n`` drawn from the
+    training pool with ``seed`` (round r of the loop uses seed + r)."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    tasks = sorted(load_human_eval(), key=lambda t: hashlib.sha256(t.task_id.encode()).hexdigest())
+    half = len(tasks) // 2
+    pool = tasks[:half] if split == "heldout" else tasks[half:]
+    if not 0 <= n <= len(pool):
+        key = "heldout_prompts" if split == "heldout" else "train_prompts"
+        raise ValueError(f"humaneval: task.{key}={n}, but its split has {len(pool)} problems")
+    chosen = pool[:n] if split == "heldout" else random.Random(seed).sample(pool, n)
+    return [t.to_record(task="humaneval") for t in chosen]
+
+
 def _task_from_row(line: str, where: str) -> CodeTask:
     try:
         row = json.loads(line)
@@ -135,11 +160,7 @@ class UnitTestJudge:
 
     def task_for(self, prompt: dict) -> CodeTask:
         if isinstance(prompt.get("code"), dict):
-            code = prompt["code"]
-            missing = [k for k in ("prompt", "entry_point", "test") if not isinstance(code.get(k), str)]
-            if missing:
-                raise KeyError(f"prompt {prompt.get('id', '?')!r}: 'code' lacks string key(s) {missing}")
-            return CodeTask(str(prompt.get("id", "")), code["prompt"], code["entry_point"], code["test"])
+            return task_from_record(prompt)
         task = self.tasks.get(prompt.get("id"))
         if task is None:
             raise KeyError(f"prompt {prompt.get('id', '?')!r} has no 'code' field and its id is not a known task")
@@ -149,6 +170,32 @@ class UnitTestJudge:
         task = self.task_for(prompt)
         results = self.sandbox.run_many([task.job(c) for c in completions])
         return [judgment_from_run(r) for r in results]
+
+
+def task_from_record(prompt: dict, keys: tuple[str, ...] = ("prompt", "entry_point", "test")) -> CodeTask:
+    """The task a prompt row carries in ``code`` (as ``CodeTask.to_record`` writes it); ``keys``
+    are the ones the caller needs (a missing ``test`` is then empty)."""
+    code = prompt.get("code")
+    if not isinstance(code, dict):
+        raise KeyError(f"prompt {prompt.get('id', '?')!r} has no 'code' field (a code task such as humaneval)")
+    missing = [k for k in keys if not isinstance(code.get(k), str)]
+    if missing:
+        raise KeyError(f"prompt {prompt.get('id', '?')!r}: 'code' lacks string key(s) {missing}")
+    return CodeTask(str(prompt.get("id", "")), code["prompt"], code["entry_point"], code.get("test", ""))
+
+
+def code_sandbox(wall_seconds: float) -> Sandbox:
+    """A sandbox for model-written code; hides HumanEval's answer key where it is installed."""
+    try:
+        hide = [str(human_eval_path())]
+    except ImportError:
+        hide = []
+    return Sandbox(Limits(wall_seconds=wall_seconds), hide_paths=hide)
+
+
+def unit_test_judge(*, wall_seconds: float = 10.0) -> UnitTestJudge:
+    """``JUDGES["unit_tests"]``: the task's real tests (HumanEval's ``check``) in the sandbox."""
+    return UnitTestJudge(code_sandbox(wall_seconds))
 
 
 def judgment_from_run(result: RunResult) -> Judgment:

@@ -4,11 +4,15 @@ DSTC (ALGORITHMS.md section 6) has the model write J code samples and K tests fo
 each (code, test) pair, and picks chosen/rejected pairs from the binary matrix
 ``r[j][k] = code j passes test k``. This module parses the tests the model wrote into separate
 single-assertion tests and builds that matrix; the selection rules live in ``data.pairing``.
+``DSTCJudge`` (``JUDGES["dstc"]``) runs it per prompt row of the loop: the code samples are the
+row's ``completions``, the tests its ``tests`` (parsed at generation, ``generate.tests``).
 
 A test is one ``assert`` (or one loop, ``with`` or ``if`` block holding asserts) plus the
 imports, assignments and helper definitions written before it, so each runs on its own. Asserts
 inside ``def test_*():`` or ``def check(candidate):`` are flattened the same way. A test may call
-the function by its name or as ``candidate``.
+the function by its name or as ``candidate``. Context that (re)defines or imports the function
+under test is dropped: small models write their own solution above the asserts, and kept, it
+would make every test check that copy instead of the code sample.
 
 Every (code, test) pair runs in its own sandbox by default: model-written tests are untrusted
 too, and a test sharing its process with others could forge their outcomes. With
@@ -23,6 +27,8 @@ import ast
 import re
 from typing import Sequence
 
+from ratchet.judge.base import Judgment
+from ratchet.judge.code import UnitTestJudge, code_sandbox, task_from_record
 from ratchet.judge.sandbox import Job, Sandbox
 
 _FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -42,21 +48,31 @@ def parse_tests(text: str, entry_point: str) -> list[str]:
         except SyntaxError:
             tests += _assert_lines(block)  # broken code: salvage the asserts that parse alone
             continue
-        tests += _split(tree.body, [])
+        tests += _split(tree.body, [], {entry_point, "candidate"})
     wanted = re.compile(rf"\b({re.escape(entry_point)}|candidate)\b")
     return list(dict.fromkeys(t for t in tests if wanted.search(t)))
 
 
-def _split(body: list[ast.stmt], context: list[str]) -> list[str]:
+def _split(body: list[ast.stmt], context: list[str], under_test: set[str]) -> list[str]:
     context, tests = list(context), []
     for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_test_function(node):
-            tests += _split(node.body, context)
+            tests += _split(node.body, context, under_test)
         elif isinstance(node, ast.Assert) or (isinstance(node, _BLOCKS) and _has_assert(node)):
             tests.append("\n".join(context + [ast.unparse(node)]))
-        elif isinstance(node, _CONTEXT):
+        elif isinstance(node, _CONTEXT) and not _defines(node, under_test):
             context.append(ast.unparse(node))
     return tests
+
+
+def _defines(node: ast.stmt, names: set[str]) -> bool:
+    """Whether a context statement binds one of ``names`` (a def, a class, an import, an assignment)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name in names
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return any((alias.asname or alias.name) in names for alias in node.names)
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return any(isinstance(n, ast.Name) and n.id in names for t in targets for n in ast.walk(t))
 
 
 def _is_test_function(node) -> bool:
@@ -122,3 +138,37 @@ def _shared_runs(sandbox, codes, tests, entry_point, setup) -> dict[str, list[bo
                 next_pending[code] = unfinished
         pending = next_pending
     return outcomes
+
+
+class DSTCJudge:
+    """Scores each code sample by the fraction of the prompt's self-written tests it passes.
+
+    ``details[j]["passed"]`` is row j of the pass matrix (K booleans, in the order of the row's
+    ``tests``): what the ``dstc`` pair strategy selects from. ``correct`` is the verdict of the
+    task's real tests when ``ground_truth`` is a judge for them, for monitoring only (B-STaR's
+    pass@k and judge discrimination: how well the self-written tests rank the samples); no
+    DSTC step reads it. Without ``ground_truth``, ``correct`` is None."""
+
+    def __init__(self, sandbox: Sandbox, *, ground_truth: UnitTestJudge | None = None, isolate_tests: bool = True):
+        self.sandbox, self.ground_truth, self.isolate_tests = sandbox, ground_truth, isolate_tests
+
+    def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
+        tests = prompt.get("tests")
+        if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
+            raise KeyError(f"prompt {prompt.get('id', '?')!r}: the dstc judge needs row['tests'], a list of test "
+                           "sources (sample them with generate.tests > 0)")
+        task = task_from_record(prompt, ("prompt", "entry_point"))
+        matrix = pass_matrix(self.sandbox, [task.program(c) for c in completions], tests, task.entry_point,
+                             setup=task.setup(), isolate_tests=self.isolate_tests)
+        truth = self.ground_truth.judge(prompt, completions) if self.ground_truth else [None] * len(completions)
+        return [Judgment(score=sum(row) / len(tests) if tests else 0.0, correct=t.correct if t else None,
+                         detail={"passed": row, **({"real_tests": t.detail["reason"]} if t else {})})
+                for row, t in zip(matrix, truth)]
+
+
+def dstc_judge(*, wall_seconds: float = 2.0, ground_truth: bool = True, isolate_tests: bool = True) -> DSTCJudge:
+    """``JUDGES["dstc"]``. ``wall_seconds`` per (code, test) run: a self-written test is one assert,
+    so a sample still running after that is stuck; ``ground_truth``: also run the task's real tests
+    for ``correct`` (monitoring); ``isolate_tests``: see ``pass_matrix``."""
+    truth = UnitTestJudge(code_sandbox(10.0)) if ground_truth else None  # real tests: unit_tests' limits
+    return DSTCJudge(code_sandbox(wall_seconds), ground_truth=truth, isolate_tests=isolate_tests)

@@ -108,8 +108,10 @@ def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: 
                "temperature": gen.temperature}
     if probed is not None:
         metrics["temperature_balance"] = probed["balance_scores"]  # balance score of each grid temperature
-    if n_pairs == 0:
-        return {**metrics, "skipped_training": "no pairs"}
+    if n_pairs == 0:  # nothing to learn from (DSTC: no self-written test told the samples apart)
+        metrics["skipped_training"] = "no pairs"
+        write_json(round_dir / "metrics.json", metrics)
+        return metrics
     train_dir = round_dir / "train"
 
     def train():
@@ -151,6 +153,8 @@ def run_loop(cfg: RunConfig, *, progress: bool = True) -> dict:
         kept = "accuracy" in m and m["accuracy"] >= best - cfg.gate_tolerance
         if kept:
             best, best_path = max(best, m["accuracy"]), str(run_dir / f"round_{r}" / "train" / "model")
+        elif "skipped_training" in m:
+            m["rollback"] = f"not trained ({m['skipped_training']}); next round starts from {best_path}"
         else:
             m["rollback"] = (f"held-out accuracy {m.get('accuracy')} below best {best:.3f} - tolerance "
                              f"{cfg.gate_tolerance}; next round starts from {best_path}")

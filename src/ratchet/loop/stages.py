@@ -21,9 +21,11 @@ from ratchet.generate.base import SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.generate.hf import HFSampler
 from ratchet.judge import JUDGES
+from ratchet.judge.code import STOP as CODE_STOP
+from ratchet.judge.code import human_eval_problems
 
-TASKS = {"arithmetic": arithmetic.make_problems}
-TASK_STOP = {"arithmetic": arithmetic.STOP}
+TASKS = {"arithmetic": arithmetic.make_problems, "humaneval": human_eval_problems}
+TASK_STOP = {"arithmetic": arithmetic.STOP, "humaneval": CODE_STOP}
 
 
 def _vllm(model, tokenizer, *, batch_size: int, progress: bool):
@@ -53,8 +55,25 @@ def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *,
     sampler = SAMPLERS[cfg.sampler](model, tokenizer, batch_size=cfg.batch_size, progress=progress)
     samples = sampler.sample([r["messages"] for r in rows], params)
     sampling = dataclasses.asdict(params)
-    return write_jsonl(out, ({**row, "completions": [dataclasses.asdict(s) for s in ss], "sampling": sampling}
-                             for row, ss in zip(rows, samples)))
+    tests = _write_tests(sampler, rows, params, cfg) if cfg.tests > 0 else [{} for _ in rows]
+    return write_jsonl(out, ({**row, "completions": [dataclasses.asdict(s) for s in ss], "sampling": sampling, **t}
+                             for row, ss, t in zip(rows, samples, tests)))
+
+
+def _write_tests(sampler, rows: list[dict], params: SamplingParams, cfg: GenerateConfig) -> list[dict]:
+    """DSTC: ``cfg.tests`` test-writing samples per code prompt (seed + 1, so their randomness is not
+    the code samples'), parsed into at most ``cfg.max_tests`` distinct single-assert tests."""
+    from ratchet.data.self_tests import load_template, writing_messages
+    from ratchet.judge.dstc import parse_tests
+
+    template = load_template(cfg.tests_template)
+    test_params = dataclasses.replace(params, k=cfg.tests, seed=params.seed + 1)
+    samples = sampler.sample([writing_messages(r, template) for r in rows], test_params)
+    out = []
+    for row, ss in zip(rows, samples):
+        parsed = dict.fromkeys(t for s in ss for t in parse_tests(s.text, row["code"]["entry_point"]))
+        out.append({"test_samples": [dataclasses.asdict(s) for s in ss], "tests": list(parsed)[:cfg.max_tests]})
+    return out
 
 
 def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: GenerateConfig, judge_cfg: JudgeConfig,
@@ -194,7 +213,7 @@ def evaluate_revisions(model, tokenizer, prompts: Path, out_dir: Path, cfg: Revi
     out_dir = Path(out_dir)
     rows = read_jsonl(revise(model, tokenizer, prompts, out_dir / "revisions.jsonl", cfg, eval_cfg,
                              progress=progress))
-    acc = score_revisions(rows, JUDGES[judge_cfg.name]())
+    acc = score_revisions(rows, JUDGES[eval_cfg.judge or judge_cfg.name]())
     metrics = {"accuracy": acc[0], "accuracy_per_revision": acc, "n": len(rows)}
     write_json(out_dir / "metrics.json", metrics)
     try:
@@ -206,12 +225,14 @@ def evaluate_revisions(model, tokenizer, prompts: Path, out_dir: Path, cfg: Revi
 
 def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, judge_cfg: JudgeConfig, *,
              progress: bool = True) -> dict:
-    """Greedy answers to held-out prompts, judged; writes answers, judgments and metrics.json."""
+    """Greedy answers to held-out prompts, judged by ``cfg.judge`` (else ``judge_cfg``); writes
+    answers, judgments and metrics.json."""
     out_dir = Path(out_dir)
     gen = GenerateConfig(sampler=cfg.sampler, k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                          batch_size=cfg.batch_size)
     answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, progress=progress)
-    judged = read_jsonl(judge(answers, out_dir / "judgments.jsonl", judge_cfg))
+    judged = read_jsonl(judge(answers, out_dir / "judgments.jsonl",
+                              JudgeConfig(name=cfg.judge) if cfg.judge else judge_cfg))
     correct = [bool(j["correct"][0]) for j in judged]
     metrics = {"accuracy": sum(correct) / len(correct), "correct": sum(correct), "n": len(correct)}
     write_json(out_dir / "metrics.json", metrics)

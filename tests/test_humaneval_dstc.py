@@ -87,6 +87,10 @@ def test_pass_matrix_to_judgments_to_pairs(tmp_path):
     assert pair["chosen"] == RIGHT_A + "\n\nassert inc(0) == 1"
     assert pair["rejected"] == WRONG + "\n\nassert inc(0) == 1"
     assert (pair["chosen_score"], pair["rejected_score"]) == (1.0, 0.5)
+    # a code task without real tests: the same pass matrix, correctness unknown
+    c = write_jsonl(tmp_path / "no_real_tests.jsonl", [{**row, "code": {**INC, "test": ""}}])
+    [judged] = read_jsonl(stages.judge(c, tmp_path / "j2.jsonl", JudgeConfig(name="dstc")))
+    assert judged["scores"] == [1.0, 1.0, 0.5] and judged["correct"] == [None, None, None]
 
 
 def test_dstc_judge_needs_tests(tmp_path):

@@ -145,9 +145,9 @@ class DSTCJudge:
 
     ``details[j]["passed"]`` is row j of the pass matrix (K booleans, in the order of the row's
     ``tests``): what the ``dstc`` pair strategy selects from. ``correct`` is the verdict of the
-    task's real tests when ``ground_truth`` is a judge for them, for monitoring only (B-STaR's
-    pass@k and judge discrimination: how well the self-written tests rank the samples); no
-    DSTC step reads it. Without ``ground_truth``, ``correct`` is None."""
+    task's real tests (``ground_truth``, where the row has them in ``code.test``), for monitoring
+    only (B-STaR's pass@k and judge discrimination: how well the self-written tests rank the
+    samples); no DSTC step reads it. Otherwise ``correct`` is None."""
 
     def __init__(self, sandbox: Sandbox, *, ground_truth: UnitTestJudge | None = None, isolate_tests: bool = True):
         self.sandbox, self.ground_truth, self.isolate_tests = sandbox, ground_truth, isolate_tests
@@ -160,7 +160,8 @@ class DSTCJudge:
         task = task_from_record(prompt, ("prompt", "entry_point"))
         matrix = pass_matrix(self.sandbox, [task.program(c) for c in completions], tests, task.entry_point,
                              setup=task.setup(), isolate_tests=self.isolate_tests)
-        truth = self.ground_truth.judge(prompt, completions) if self.ground_truth else [None] * len(completions)
+        real = self.ground_truth is not None and bool(prompt["code"].get("test"))
+        truth = self.ground_truth.judge(prompt, completions) if real else [None] * len(completions)
         return [Judgment(score=sum(row) / len(tests) if tests else 0.0, correct=t.correct if t else None,
                          detail={"passed": row, **({"real_tests": t.detail["reason"]} if t else {})})
                 for row, t in zip(matrix, truth)]
@@ -168,7 +169,7 @@ class DSTCJudge:
 
 def dstc_judge(*, wall_seconds: float = 2.0, ground_truth: bool = True, isolate_tests: bool = True) -> DSTCJudge:
     """``JUDGES["dstc"]``. ``wall_seconds`` per (code, test) run: a self-written test is one assert,
-    so a sample still running after that is stuck; ``ground_truth``: also run the task's real tests
-    for ``correct`` (monitoring); ``isolate_tests``: see ``pass_matrix``."""
+    so a sample still running after that is stuck; ``ground_truth``: also run the task's real tests,
+    where a row has them, for ``correct`` (monitoring); ``isolate_tests``: see ``pass_matrix``."""
     truth = UnitTestJudge(code_sandbox(10.0)) if ground_truth else None  # real tests: unit_tests' limits
     return DSTCJudge(code_sandbox(wall_seconds), ground_truth=truth, isolate_tests=isolate_tests)

@@ -26,7 +26,8 @@ def _overrides(tmp_path, model_dir):
     return [f"runs_dir={tmp_path / 'runs'}", "name=tiny", f"model={model_dir}", "task.train_prompts=4",
             "task.heldout_prompts=3", "generate.k=3", "generate.max_new_tokens=6", "generate.temperature=1.0",
             "evaluate.max_new_tokens=6", "train.batch_size=2", "train.max_length=400", "judge.name=length",
-            "pair.strategy=best_vs_worst", "train.lr=1e-3"]
+            "pair.strategy=best_vs_worst", "train.lr=1e-3",
+            "pair.drop_truncated=false"]  # 6 tokens cut nearly every random-model sample
 
 
 def _lines(path):

@@ -110,6 +110,10 @@ class PairConfig:
     """Cap on pairs (or unpaired / SFT rows) built from one prompt's completions."""
     seed: int = 0
     """Seed for choosing which pairs to keep when there are more than the cap (and for ties)."""
+    drop_truncated: bool = True
+    """Leave out completions cut by ``generate.max_new_tokens`` before pairing or selecting: a cut
+    answer as the rejected one teaches the model to end its turn early, as the chosen one it is
+    right by luck (``ratchet.data.pairing.drop_truncated`` has the measurement)."""
     params: dict = field(default_factory=dict)
     """Extra parameters of the strategy (e.g. ``margin`` for ``score_margin``, ``beta`` for ``rso``),
     or of the selection for SFT objectives (e.g. ``length_normalized`` for ``self_loglik``)."""

@@ -199,3 +199,20 @@ def test_unpaired_from_pairs():
             "chosen_complete": True, "rejected_complete": False}
     assert [(u["completion"], u["label"], u["complete"]) for u in unpaired_from_pairs([pair])] == [
         ("c", True, True), ("r", False, False)]
+
+
+def test_drop_truncated_removes_cut_completions_and_their_judgments():
+    from ratchet.data.pairing import drop_truncated
+
+    row = {"id": "p", "messages": [], "completions": [
+        {"text": "a", "finish_reason": "eos"}, {"text": "b", "finish_reason": "length"},
+        {"text": "c", "finish_reason": "stop"}, {"text": "d"}]}
+    judged = {"id": "p", "scores": [1.0, 0.0, 0.0, 1.0], "correct": [True, False, False, True],
+              "details": [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}], "note": "kept"}
+    rows, judgments = drop_truncated([row], [judged])
+    assert [c["text"] for c in rows[0]["completions"]] == ["a", "c", "d"]
+    assert judgments[0] == {"id": "p", "scores": [1.0, 0.0, 1.0], "correct": [True, False, True],
+                            "details": [{"n": 0}, {"n": 2}, {"n": 3}], "note": "kept"}
+    assert len(row["completions"]) == 4  # inputs untouched
+    pairs = build_pairs(rows, judgments, strategy="correct_vs_incorrect", max_pairs_per_prompt=10)
+    assert {p["rejected"] for p in pairs} == {"c"}  # the cut "b" is never the rejected answer

@@ -74,6 +74,33 @@ def _split(labels: list[bool | None], texts: list[str]) -> tuple[list[int], list
     return good, bad
 
 
+def drop_truncated(completions: list[dict], judgments: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Remove every completion cut by ``max_new_tokens`` (``finish_reason == "length"``) from its
+    row, and its entries from the matching judgments row (every per-completion list), so no
+    strategy, labeller or selection sees it.
+
+    Why: a cut answer is not an answer. As a rejected one it teaches the objective that ending the
+    turn is what separates good from bad (chosen answers end with the end-of-turn token, cut ones
+    do not); as a chosen one it is right by luck (the judge reads the last number of a fragment).
+    Measured on the arithmetic task with SmolLM2-135M: in round 2 of DPO, 89 of 154 rejected
+    answers were cut, and greedy held-out accuracy fell from 0.300 to 0.055 because the model
+    learned to stop after one sentence. A completion without ``finish_reason`` is kept; a prompt
+    left with no completion is left out."""
+    judged_by_id = {j["id"]: j for j in judgments}
+    rows_out, judged_out = [], []
+    for row in completions:
+        keep = [i for i, c in enumerate(row["completions"]) if c.get("finish_reason") != "length"]
+        n = len(row["completions"])
+        if not keep:
+            continue  # nothing left to compare or select
+        rows_out.append({**row, "completions": [row["completions"][i] for i in keep]})
+        judged = judged_by_id.get(row["id"])
+        if judged is not None:
+            judged_out.append({k: [v[i] for i in keep] if isinstance(v, list) and len(v) == n else v
+                               for k, v in judged.items()})
+    return rows_out, judged_out
+
+
 # --- strategies -------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from ratchet.config import (EvalConfig, GenerateConfig, JudgeConfig, PairConfig, ReviseConfig, TaskConfig,
                             TrainConfig)
 from ratchet.data import arithmetic
-from ratchet.data.pairing import build_pairs, build_unpaired
+from ratchet.data.pairing import build_pairs, build_unpaired, drop_truncated
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.data.selection import attach_logprobs, build_sft
 from ratchet.evaluate.bstar import balance_score, choose_temperature
@@ -122,9 +122,11 @@ def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss
 
     rows = read_jsonl(completions, required=("id", "messages", "completions"))
     judged = read_jsonl(judgments, required=("id", "scores"))
+    if self_scores is not None:
+        rows = attach_logprobs(rows, read_jsonl(self_scores, required=("id", "logprobs", "num_tokens")))
+    if cfg.drop_truncated:
+        rows, judged = drop_truncated(rows, judged)
     if LOSSES[loss].data == "sft":
-        if self_scores is not None:
-            rows = attach_logprobs(rows, read_jsonl(self_scores, required=("id", "logprobs", "num_tokens")))
         return write_jsonl(out, build_sft(rows, judged, selection=cfg.selection,
                                           max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed, **cfg.params))
     if LOSSES[loss].data == "unpaired":

@@ -9,9 +9,9 @@ from ratchet.data.revision import SEQUENCE_NAMES, tokenize_revision
 from ratchet.losses import LOSSES
 from ratchet.train.batches import prepare_pairs
 
-ON_POLICY = ("online", "two_turn")  # trained by ratchet.train.online from rollouts, not from a pairs file
-
 from _kit import fresh_model, metrics, one_thread, pair_rows, run, write_pairs
+
+ON_POLICY = ("online", "two_turn")  # trained by ratchet.train.online from rollouts, not from a pairs file
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

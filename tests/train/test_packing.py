@@ -9,9 +9,9 @@ from ratchet.losses import LOSSES
 from ratchet.train.batches import collate, pack, prepare_pairs
 from ratchet.train.step import needs
 
-ON_POLICY = ("online", "two_turn")  # trained by ratchet.train.online from rollouts, not from a pairs file
-
 from _kit import one_thread, pair_rows
+
+ON_POLICY = ("online", "two_turn")  # trained by ratchet.train.online from rollouts, not from a pairs file
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

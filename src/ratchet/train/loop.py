@@ -87,6 +87,22 @@ def _precompute(model, examples, pairs_path: Path, accelerator, *, prefix: str, 
                            progress=progress)
 
 
+
+def prepare_optimization(accelerator, model, *, lr: float, weight_decay: float, warmup_ratio: float,
+                         total_steps: int, logps_chunk_size: int):
+    """AdamW on the trainable parameters, linear warm-up and decay over ``total_steps``, and the
+    model wrapped as ``PolicyLogps``, all prepared by ``accelerator``; returns
+    ``(policy, optimizer, scheduler)``. The scheduler is registered for checkpointing and stepped
+    by the caller once per optimizer step. Shared by this loop and ``train.online``."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay,
+                                  fused=bool(trainable) and trainable[0].device.type in ("cpu", "cuda"))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    policy, optimizer = accelerator.prepare(PolicyLogps(model, logps_chunk_size), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    return policy, optimizer, scheduler
+
+
 def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss: str = "dpo",
           loss_params: dict | None = None, lr: float = 1e-5, epochs: int = 1, batch_size: int = 8,
           grad_accum: int = 1, max_length: int = 256, warmup_ratio: float = 0.1, weight_decay: float = 0.0,
@@ -158,12 +174,9 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     global_batch = batch_size * grad_accum * world
     steps_per_epoch = math.ceil(len(examples) / global_batch)
     total_steps = steps_per_epoch * epochs
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay,
-                                  fused=bool(trainable) and trainable[0].device.type in ("cpu", "cuda"))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-    policy, optimizer = accelerator.prepare(PolicyLogps(model, logps_chunk_size), optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
+    policy, optimizer, scheduler = prepare_optimization(accelerator, model, lr=lr, weight_decay=weight_decay,
+                                                        warmup_ratio=warmup_ratio, total_steps=total_steps,
+                                                        logps_chunk_size=logps_chunk_size)
     policy.train()
 
     run = {"pairs_sha256": hashlib.sha256(pairs_path.read_bytes()).hexdigest(), "loss": loss, "seed": seed,

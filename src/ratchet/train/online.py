@@ -43,7 +43,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from ratchet.data.records import write_json
 from ratchet.data.revision import PromptCompletion
@@ -52,10 +51,9 @@ from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES, LossSpec
 from ratchet.train import checkpoint
 from ratchet.train.batches import pack
-from ratchet.train.loop import NonFiniteError, _accelerator
+from ratchet.train.loop import NonFiniteError, _accelerator, prepare_optimization
 from ratchet.train.metrics import MetricsLog, StepMetrics
 from ratchet.train.reference import compute_reference_logps
-from ratchet.train.step import PolicyLogps
 
 _LOGPS = re.compile(r"(policy|ref)_(?:(\w+)_)?logps")
 
@@ -212,12 +210,9 @@ def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
     per_step = batch_size * grad_accum
     steps_per_epoch = math.ceil(len(prompts) / per_step)
     total_steps = steps_per_epoch * epochs
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay,
-                                  fused=bool(trainable) and trainable[0].device.type in ("cpu", "cuda"))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-    policy, optimizer = accelerator.prepare(PolicyLogps(model, logps_chunk_size), optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    policy, optimizer, scheduler = prepare_optimization(accelerator, model, lr=lr, weight_decay=weight_decay,
+                                                        warmup_ratio=warmup_ratio, total_steps=total_steps,
+                                                        logps_chunk_size=logps_chunk_size)
     share = supports_4d_mask(model)
     pad = tokenizer.pad_token_id
 

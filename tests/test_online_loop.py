@@ -30,7 +30,7 @@ def test_rloo_round_trains_on_its_prompts_and_resumes(tmp_path, tiny_model_dir, 
     if reward == "self_loglik":  # log-likelihood per token: negative, no ground truth
         assert all(s < 0 for r in rollouts for s in r["scores"]) and rollouts[0]["correct"] == [None] * 3
     metrics = json.loads((r1 / "metrics.json").read_text())
-    assert {"accuracy", "train_loss", "rewards_first", "rewards_last", "samples"} <= set(metrics)
+    assert {"accuracy", "train_loss", "rewards_first", "rewards_last", "rewards_mean", "samples"} <= set(metrics)
     assert metrics["samples"] == 12 and [r["round"] for r in summary["rounds"]] == [0, 1]
     assert (r1 / "train" / "model" / "model.safetensors").exists()
 

@@ -92,9 +92,11 @@ def train_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunConfig, 
 
 
 def _step_means(path: Path, keys: tuple[str, ...]) -> dict:
-    """First and last step's value of each metric key, e.g. ``rewards_first``, ``rewards_last``."""
+    """Each metric key's value at the first and last step and its mean over the round's steps, e.g.
+    ``rewards_first``, ``rewards_last``, ``rewards_mean`` (one step's few prompts are a noisy sample)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {f"{k}_{end}": row[k] for k in keys for end, row in (("first", rows[0]), ("last", rows[-1])) if k in row}
+    out = {f"{k}_{end}": row[k] for k in keys for end, row in (("first", rows[0]), ("last", rows[-1])) if k in row}
+    return out | {f"{k}_mean": sum(r[k] for r in rows) / len(rows) for k in keys if all(k in r for r in rows)}
 
 
 def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: str, r: int, models, *,

@@ -34,7 +34,7 @@ from typing import Callable
 _FINISHED = ("stop", "eos")
 
 
-def _complete(completion: dict) -> bool:
+def is_complete(completion: dict) -> bool:
     # a completion cut by max_new_tokens must not be taught to end there
     return completion.get("finish_reason") in _FINISHED
 
@@ -45,7 +45,7 @@ def _pair(row: dict, scores: list[float], i: int, j: int) -> dict:
         "id": row["id"], "messages": row["messages"],
         "chosen": c["text"], "rejected": r["text"],
         "chosen_score": scores[i], "rejected_score": scores[j],
-        "chosen_complete": _complete(c), "rejected_complete": _complete(r),
+        "chosen_complete": is_complete(c), "rejected_complete": is_complete(r),
     }
 
 
@@ -211,7 +211,7 @@ def gold_vs_samples(row: dict, judged: dict, *, max_pairs: int, rng: random.Rand
     worse = _distinct(sorted(worse, key=lambda j: (scores[j], rng.random())), texts)
     return [{"id": row["id"], "messages": row["messages"], "chosen": gold_text, "rejected": texts[j],
              "chosen_score": gold_score, "rejected_score": scores[j],
-             "chosen_complete": True, "rejected_complete": _complete(row["completions"][j])}
+             "chosen_complete": True, "rejected_complete": is_complete(row["completions"][j])}
             for j in worse[:max_pairs]]
 
 
@@ -269,7 +269,7 @@ def dstc(row: dict, judged: dict, *, max_pairs: int, rng: random.Random, concat:
              "chosen": concat.format(code=codes[j_c]["text"], test=tests[k_c]),
              "rejected": concat.format(code=codes[j_r]["text"], test=tests[k_r]),
              "chosen_score": frac[j_c], "rejected_score": frac[j_r],
-             "chosen_complete": _complete(codes[j_c]), "rejected_complete": _complete(codes[j_r])}]
+             "chosen_complete": is_complete(codes[j_c]), "rejected_complete": is_complete(codes[j_r])}]
 
 
 RA_TEMPLATES: dict[str, str] = {
@@ -418,7 +418,7 @@ def build_unpaired(completions: list[dict], judgments: list[dict], *, labeller: 
         rng.shuffle(bad)
         order = [i for pair in zip(good, bad) for i in pair] + good[len(bad):] + bad[len(good):]
         rows += [{"id": row["id"], "messages": row["messages"], "completion": texts[i], "label": bool(labels[i]),
-                  "complete": _complete(row["completions"][i])} for i in order[:max_per_prompt]]
+                  "complete": is_complete(row["completions"][i])} for i in order[:max_per_prompt]]
     return rows
 
 

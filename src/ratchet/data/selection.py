@@ -31,7 +31,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from ratchet.data.pairing import _check_params, _complete, _correct, _distinct, _matched, _texts
+from ratchet.data.pairing import _check_params, _correct, _distinct, _matched, _texts, is_complete
 
 
 def _argmax(values: list[float], candidates: list[int], rng: random.Random) -> int:
@@ -136,7 +136,7 @@ def build_sft(completions: list[dict], judgments: list[dict], *, selection: str,
         for i in fn(row, judged, max_rows=max_per_prompt, rng=rng, **params):
             c = row["completions"][i]
             out = {"id": row["id"], "messages": row["messages"], "completion": c["text"], "label": True,
-                   "complete": _complete(c), "score": judged["scores"][i], "correct": correct[i],
+                   "complete": is_complete(c), "score": judged["scores"][i], "correct": correct[i],
                    "selection": selection}
             out.update({k: c[k] for k in ("logprob", "logprob_tokens") if k in c})
             rows.append(out)

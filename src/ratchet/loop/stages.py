@@ -13,7 +13,7 @@ from pathlib import Path
 from ratchet.config import (EvalConfig, GenerateConfig, JudgeConfig, PairConfig, ReviseConfig, TaskConfig,
                             TrainConfig)
 from ratchet.data import arithmetic
-from ratchet.data.pairing import build_pairs, build_unpaired, drop_truncated
+from ratchet.data.pairing import build_pairs, build_unpaired, drop_truncated, is_complete
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.data.selection import attach_logprobs, build_sft
 from ratchet.evaluate.bstar import balance_score, choose_temperature
@@ -144,7 +144,7 @@ def self_score(model, tokenizer, completions: Path, out: Path, *, batch_size: in
     from ratchet.generate.score import sequence_logprobs  # torch-heavy; import when scoring
 
     rows = read_jsonl(completions, required=("id", "messages", "completions"))
-    items = [(r["messages"], c["text"], c.get("finish_reason") in ("stop", "eos")) for r in rows
+    items = [(r["messages"], c["text"], is_complete(c)) for r in rows
              for c in r["completions"]]
     scored = iter(sequence_logprobs(model, tokenizer, items, batch_size=batch_size))
     out_rows = []
@@ -165,7 +165,7 @@ def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> 
     by_id = {r["id"]: r["completions"] for r in rows}
     for p in pairs:
         sample = rng.choice(by_id[p["id"]])
-        p["ref_response"], p["ref_response_complete"] = sample["text"], sample.get("finish_reason") in ("stop", "eos")
+        p["ref_response"], p["ref_response_complete"] = sample["text"], is_complete(sample)
 
 
 def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,

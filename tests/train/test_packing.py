@@ -71,3 +71,9 @@ def test_every_objective_maps_onto_sequences(name):
         assert need.anchor == ("chosen", "rejected")
     if name == "srpo":
         assert len(need.policy) == 6
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in LOSSES.items() if s.data in ON_POLICY))
+def test_an_on_policy_objective_refuses_a_file(name):
+    with pytest.raises(ValueError, match=rf"objective '{name}' learns from on-policy samples .* `ratchet loop`"):
+        needs(LOSSES[name])

@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Callable
 
 from ratchet.data.correction import correction_messages
+from ratchet.data.pairing import is_complete
 from ratchet.data.revision import PromptCompletion
 from ratchet.generate.base import Sample, Sampler, SamplingParams
 from ratchet.judge.base import Judge, Judgment
@@ -47,7 +48,7 @@ def self_loglik_reward(model, tokenizer, *, length_normalized: bool = True, batc
 
 
 def _complete(sample: Sample) -> bool:
-    return sample.finish_reason in ("stop", "eos")
+    return is_complete({"finish_reason": sample.finish_reason})
 
 
 def _record(samples: list[Sample], verdicts: list[Judgment], prefix: str = "") -> dict:

@@ -240,3 +240,22 @@ def test_sliding_window_models_are_refused_clearly():
     cache.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2), layer_idx=0)
     with pytest.raises(NotImplementedError, match="use HFSampler"):
         SlotCache(cache, rows=2, capacity=8, origin=3)
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "lora"])
+def test_cache_goes_under_the_name_forward_takes(varied, wrap):
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns and
+    goes in 5.40); the sampler must use the current name, also through a PEFT wrapper, and a
+    zero-initialised LoRA adapter must not change what it samples."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = varied
+    expected = CachedSampler(model, tokenizer, batch_size=6, progress=False).sample(PROMPTS[:2], GREEDY_K3)
+    if wrap:
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.* is deprecated")
+        got = CachedSampler(model, tokenizer, batch_size=6, progress=False).sample(PROMPTS[:2], GREEDY_K3)
+    assert [[s.text for s in row] for row in got] == [[s.text for s in row] for row in expected]

@@ -24,6 +24,7 @@ on ``batch_size`` or on which prompts share its steps. It knows nothing of judgi
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections import deque
 from typing import Sequence
 
@@ -35,6 +36,14 @@ from transformers.cache_utils import Cache, DynamicLayer
 from ratchet.data.tokenize import prompt_ids
 from ratchet.generate.base import Messages, Sample, SamplingParams
 from ratchet.generate.hf import cut_at_stop
+
+
+def cache_argument(model) -> str:
+    """The name ``model.forward`` takes its KV cache under: ``cache`` from transformers 5.24
+    (``past_key_values`` is deprecated there and goes in 5.40), ``past_key_values`` before. A PEFT
+    wrapper's forward takes ``**kwargs`` and passes them on, so its base model's forward decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 class SlotLayer(DynamicLayer):
@@ -298,7 +307,7 @@ class _Batch:
         self.cache.make_room()
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=1)
         self.logits = model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.positions[:, None],
-                            past_key_values=self.cache, use_cache=True).logits[:, -1]
+                            **{cache_argument(model): self.cache}, use_cache=True).logits[:, -1]
         self.positions = self.positions + 1
 
 
@@ -368,7 +377,7 @@ class CachedSampler:
         cache = DynamicCache(config=self.model.config)
         # logits_to_keep=1: the LM head (vocab x hidden) runs on the last position only.
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                            **{cache_argument(self.model): cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
         return cache, mask, logits
 
     def _advance(self, batch: _Batch, tokens: list[int], params: SamplingParams,

@@ -1,5 +1,5 @@
 """What a run shows its user: the terminal table (``print_summary``) and an offline HTML report
-(``write_report``) with a PNG plot of every numeric metric over rounds and a table of the rounds.
+(``write_report``) with a PNG plot of every numeric metric that changes over rounds and a table of the rounds.
 
 Both read only the run summary (``loop.run``: ``{"rounds": [{"round", "kept", ...metrics}], "best_model",
 ...}``); a metric missing from some rounds is plotted where present and shown as "-" elsewhere.
@@ -44,11 +44,15 @@ def _is_number(value) -> bool:
 
 
 def _numeric_metrics(rounds: list[dict]) -> list[str]:
-    """Keys with a number in at least one round, in first-seen order, except ``round`` itself."""
-    keys: dict[str, None] = {}
+    """Keys with a number in at least one round, in first-seen order, except ``round`` itself and
+    settings that hold one value in every round (``k``, ``n``, a fixed temperature): a flat line
+    says nothing the table does not."""
+    values: dict[str, list] = {}
     for r in rounds:
-        keys.update({k: None for k, v in r.items() if k != "round" and _is_number(v)})
-    return list(keys)
+        for k, v in r.items():
+            if k != "round" and _is_number(v):
+                values.setdefault(k, []).append(v)
+    return [k for k, vs in values.items() if len(vs) == 1 or len(set(vs)) > 1]
 
 
 def _plot(rounds: list[dict], metric: str, path: Path) -> None:
@@ -107,6 +111,8 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         note = "<p>No plots: matplotlib is not installed (<code>pip install 'ratchet[plot]'</code>).</p>"
     else:
         (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        for stale in (run_dir / "plots").glob("*.png"):  # a regenerated report keeps no old plots
+            stale.unlink()
         for metric in metrics:
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", metric) + ".png"
             _plot(rounds, metric, run_dir / "plots" / name)

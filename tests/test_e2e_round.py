@@ -80,6 +80,21 @@ def test_config_error_exit_code(capsys):
     assert "train.nope: unknown key" in capsys.readouterr().err
 
 
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "1+1?"}],
+                                 "chosen": "2", "rejected": "3"}) + "\n")
+    o = _overrides(tmp_path, tiny_model_dir)
+    assert cli.main(["train", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--out", str(tmp_path / "t"),
+                     *o, "train.loss.name=rloo"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("ratchet: objective 'rloo' learns from on-policy samples scored "
+                                               "while training; run it with `ratchet loop` (train.loss.name: "
+                                               "rloo), not on a pairs file")
+    assert cli.main(["train", "--model", str(tmp_path / "nowhere"), "--pairs", str(pairs),
+                     "--out", str(tmp_path / "t"), *o]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_revise_and_per_revision_evaluation(tmp_path, tiny_model_dir):
     o = _overrides(tmp_path, tiny_model_dir)
     d = tmp_path / "rev"

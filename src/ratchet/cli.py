@@ -25,7 +25,9 @@ import sys
 from pathlib import Path
 
 from ratchet.config import ConfigError, RunConfig, load_config, save_config
+from ratchet.data.records import RecordError
 from ratchet.loop.manifest import StaleStageError
+from ratchet.models import ModelNotFoundError
 
 
 def _models(args, cfg: RunConfig) -> None:
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command][0](args, cfg)
     except ConfigError as e:
         print(f"ratchet: config error: {e}", file=sys.stderr)
+        return 2
+    except (RecordError, ModelNotFoundError) as e:  # bad input files or model: the message says which
+        print(f"ratchet: {e}", file=sys.stderr)
         return 2
     except StaleStageError as e:
         print(f"ratchet: {e}", file=sys.stderr)

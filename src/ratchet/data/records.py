@@ -19,7 +19,8 @@ from typing import Iterable, Sequence
 
 
 class RecordError(ValueError):
-    pass
+    """A file between stages is malformed or does not fit its reader; the message names the file,
+    row and key. The CLI prints it as one line (exit code 2), not a traceback."""
 
 
 def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ratchet.data.records import RecordError
 from ratchet.data.revision import revision_messages
 from ratchet.data.tokenize import Tokenized, completion_ids, prompt_ids
 
@@ -40,8 +41,9 @@ OWN_SEQUENCES = {"pairs": ("chosen", "rejected"), "unpaired": ("completion",)}
 """The answers a row of each format holds, tokenised for every objective."""
 
 
-class PairsError(ValueError):
-    pass
+class PairsError(RecordError):
+    """A training file's row, or the whole file, does not fit the objective (a ``RecordError``, so
+    the CLI reports it as one line)."""
 
 
 # ------------------------------------------------------------------------------------ sequences

@@ -26,7 +26,7 @@ import torch
 
 from ratchet.logprobs import completion_logps, packed_logps
 from ratchet.losses import LossSpec, kto_kl_baseline
-from ratchet.train.batches import PairExample, SequenceBatch, pack
+from ratchet.train.batches import PairExample, PairsError, SequenceBatch, pack
 
 
 class PolicyLogps(torch.nn.Module):
@@ -66,13 +66,13 @@ _SPECIAL = {  # (LossSpec.data, row format of the file) -> Needs
 def needs(spec: LossSpec, row_format: str = "pairs") -> Needs:
     """What ``spec`` reads from a file of ``row_format`` rows (``batches.ROW_FIELDS``)."""
     if spec.data in ("online", "two_turn"):  # scored as sampled (train.online), never read from a file
-        raise ValueError(f"objective {spec.name!r} learns from on-policy samples scored while training; "
+        raise PairsError(f"objective {spec.name!r} learns from on-policy samples scored while training; "
                          f"run it with `ratchet loop` (train.loss.name: {spec.name}), not on a {row_format} file")
     if (spec.data, row_format) in _SPECIAL:
         return _SPECIAL[spec.data, row_format]
     if row_format != "pairs":
         readers = sorted({d for d, f in _SPECIAL if f == row_format})
-        raise ValueError(f"objective {spec.name!r} trains on pairs (chosen/rejected); the file holds {row_format} "
+        raise PairsError(f"objective {spec.name!r} trains on pairs (chosen/rejected); the file holds {row_format} "
                          f"rows, which only objectives with LossSpec.data in {readers} read (kto, sft)")
     policy, ref, anchor, values = ["chosen", "rejected"], [], [], []
     for name in spec.inputs:

@@ -302,12 +302,12 @@ class _Batch:
             self.mask = self.mask[:, unused:]
         return order
 
-    def forward(self, model, tokens: torch.Tensor) -> None:
+    def forward(self, model, tokens: torch.Tensor, cache_kw: str) -> None:
         """Run the rows' new tokens through the model; keep the logits for the next token."""
         self.cache.make_room()
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=1)
         self.logits = model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.positions[:, None],
-                            **{cache_argument(model): self.cache}, use_cache=True).logits[:, -1]
+                            **{cache_kw: self.cache}, use_cache=True).logits[:, -1]
         self.positions = self.positions + 1
 
 
@@ -322,6 +322,7 @@ class CachedSampler:
     def __init__(self, model, tokenizer, *, batch_size: int = 64, max_context: int | None = None,
                  progress: bool = True):
         self.model, self.tokenizer = model, tokenizer
+        self.cache_kw = cache_argument(model)  # once here: not a signature lookup per decode step
         self.batch_size = batch_size
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
         self.progress = progress
@@ -363,7 +364,7 @@ class CachedSampler:
                 if any(done):
                     tokens = tokens[torch.tensor(batch.drop(done), dtype=torch.long, device=tokens.device)]
                 if len(batch):
-                    batch.forward(self.model, tokens)
+                    batch.forward(self.model, tokens, self.cache_kw)
         bar.close()
         return out
 
@@ -377,7 +378,7 @@ class CachedSampler:
         cache = DynamicCache(config=self.model.config)
         # logits_to_keep=1: the LM head (vocab x hidden) runs on the last position only.
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            **{cache_argument(self.model): cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
+                            **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
         return cache, mask, logits
 
     def _advance(self, batch: _Batch, tokens: list[int], params: SamplingParams,

@@ -44,6 +44,7 @@ def test_data_kinds():
     assert kinds["kto"] == "unpaired" and kinds["srpo"] == kinds["pit"] == "revision"
     assert kinds["sppo"] == "scored" and kinds["sft"] == "sft"
     assert {n for n, k in kinds.items() if k in ("online", "two_turn")} == ON_POLICY
+    assert {n for n, spec in LOSSES.items() if spec.on_policy} == ON_POLICY
     assert {n for n, k in kinds.items() if k == "paired"} == EXPECTED - {"kto", "srpo", "pit", "sppo", "sft"} - ON_POLICY
 
 

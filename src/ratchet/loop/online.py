@@ -37,7 +37,7 @@ EPISODES = {"online": single_turn, "two_turn": two_turn}
 
 
 def is_online(cfg: RunConfig) -> bool:
-    return LOSSES[cfg.train.loss.name].data in EPISODES
+    return LOSSES[cfg.train.loss.name].on_policy
 
 
 def objective_params(cfg: RunConfig, r: int) -> dict:

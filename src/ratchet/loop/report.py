@@ -1,5 +1,6 @@
 """What a run shows its user: the terminal table (``print_summary``) and an offline HTML report
-(``write_report``) with a PNG plot of every numeric metric that changes over rounds and a table of the rounds.
+(``write_report``) with a PNG plot of every numeric metric that changes over rounds and a table of
+the rounds.
 
 Both read only the run summary (``loop.run``: ``{"rounds": [{"round", "kept", ...metrics}], "best_model",
 ...}``); a metric missing from some rounds is plotted where present and shown as "-" elsewhere.

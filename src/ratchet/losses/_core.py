@@ -54,6 +54,12 @@ class LossSpec:
         return self.params(**overrides)
 
     @property
+    def on_policy(self) -> bool:
+        """Whether the loss learns from samples drawn and scored while training (RLOO, SCoRe:
+        ``ratchet.train.online``) rather than from a file of records."""
+        return self.data in ("online", "two_turn")
+
+    @property
     def inputs(self) -> tuple[str, ...]:
         """Names of the tensors `fn` reads (its keyword arguments that are not parameters)."""
         param_names = {f.name for f in dataclasses.fields(self.params)}

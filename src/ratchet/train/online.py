@@ -181,7 +181,7 @@ def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
     (the adapter-disabled base for a PEFT model). ``rollout_config`` (e.g. sampling settings) is
     recorded in the summary and checked on resume. Returns the summary (train_summary.json)."""
     spec = LOSSES[loss]
-    if spec.data not in ("online", "two_turn"):
+    if not spec.on_policy:
         raise ValueError(f"objective {loss!r} trains on {spec.data} files (ratchet.train.loop), not on-policy")
     params = spec.make_params(**(loss_params or {}))
     policy_names, ref_names = objective_sequences(spec)

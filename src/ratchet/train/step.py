@@ -65,7 +65,7 @@ _SPECIAL = {  # (LossSpec.data, row format of the file) -> Needs
 
 def needs(spec: LossSpec, row_format: str = "pairs") -> Needs:
     """What ``spec`` reads from a file of ``row_format`` rows (``batches.ROW_FIELDS``)."""
-    if spec.data in ("online", "two_turn"):  # scored as sampled (train.online), never read from a file
+    if spec.on_policy:  # scored as sampled (train.online), never read from a file
         raise PairsError(f"objective {spec.name!r} learns from on-policy samples scored while training; "
                          f"run it with `ratchet loop` (train.loss.name: {spec.name}), not on a {row_format} file")
     if (spec.data, row_format) in _SPECIAL:

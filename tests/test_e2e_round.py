@@ -38,7 +38,8 @@ def test_demo_round_writes_every_stage(tmp_path, tiny_model_dir, length_judge, c
     assert cli.main(["demo", *_overrides(tmp_path, tiny_model_dir)]) == 0
     run = tmp_path / "runs" / "tiny"
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("demo: accuracy ") and last.endswith(" on 3 held-out problems")
+    # the length judge scores without saying what is correct: the held-out metric is its mean score
+    assert last.startswith("demo: mean_score ") and last.endswith(" on 3 held-out problems")
     assert yaml.safe_load((run / "config.yaml").read_text())["judge"]["name"] == "length"
     r1 = run / "round_1"
     prompts, completions = _lines(r1 / "prompts.jsonl"), _lines(r1 / "completions.jsonl")
@@ -80,7 +81,7 @@ def test_config_error_exit_code(capsys):
     assert "train.nope: unknown key" in capsys.readouterr().err
 
 
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, capsys):
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, length_judge, capsys):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "1+1?"}],
                                  "chosen": "2", "rejected": "3"}) + "\n")
@@ -95,7 +96,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, capsys)
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_revise_and_per_revision_evaluation(tmp_path, tiny_model_dir):
+def test_revise_and_per_revision_evaluation(tmp_path, tiny_model_dir, length_judge):
     o = _overrides(tmp_path, tiny_model_dir)
     d = tmp_path / "rev"
     assert cli.main(["prompts", "--split", "heldout", "--out", str(d / "p.jsonl"), *o]) == 0

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ratchet import cli
+from ratchet import cli, config
 from ratchet.config import GenerateConfig, JudgeConfig, PairConfig, load_config
 from ratchet.data.records import read_jsonl, write_jsonl
 from ratchet.data.self_tests import load_template, writing_messages
 from ratchet.generate.base import Sample
 from ratchet.judge.code import STOP, human_eval_problems, load_human_eval
 from ratchet.loop import stages
+from ratchet.tasks import builtin_task
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "humaneval-dstc.yaml"
 
@@ -44,7 +45,7 @@ def test_humaneval_split_is_disjoint_and_fixed():
     assert human_eval_problems(5, split="heldout", seed=7) == heldout[:5]
     assert human_eval_problems(5, split="train", seed=1) != human_eval_problems(5, split="train", seed=2)
     row = heldout[0]
-    assert row["task"] == "humaneval" and stages.TASK_STOP["humaneval"] == STOP
+    assert row["task"] == "humaneval" and builtin_task("humaneval").stop == STOP
     assert row["code"]["entry_point"] in row["code"]["prompt"] and "def check" in row["code"]["test"]
     with pytest.raises(ValueError, match="task.train_prompts=83, but its split has 82"):
         human_eval_problems(83, split="train")
@@ -129,6 +130,7 @@ def test_generate_stores_parsed_tests_beside_the_code(tmp_path, code_model_dir, 
     from ratchet.models import load_model
 
     monkeypatch.setitem(stages.SAMPLERS, "scripted", ScriptedSampler)
+    monkeypatch.setattr(config, "SAMPLER_NAMES", (*config.SAMPLER_NAMES, "scripted"))
     p = write_jsonl(tmp_path / "prompts.jsonl", human_eval_problems(2, split="train"))
     cfg = GenerateConfig(sampler="scripted", k=3, tests=2, max_tests=3)
     rows = read_jsonl(stages.generate(*load_model(str(code_model_dir)), p, tmp_path / "completions.jsonl", cfg, progress=False))
@@ -169,6 +171,7 @@ def test_round_with_pairs_trains_and_evaluates(tmp_path, code_model_dir, monkeyp
     """The scripted samples give a pass matrix with a winner: pairs of code + test, training on
     them, and the trained model's held-out pass@1 under the real tests."""
     monkeypatch.setitem(stages.SAMPLERS, "scripted", ScriptedSampler)
+    monkeypatch.setattr(config, "SAMPLER_NAMES", (*config.SAMPLER_NAMES, "scripted"))
     o = _overrides(tmp_path, code_model_dir, "pairs") + ["generate.sampler=scripted"]
     assert cli.main(["loop", str(RECIPE), *o]) == 0
     r1 = tmp_path / "runs" / "pairs" / "round_1"

@@ -16,14 +16,14 @@ from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
 
 @pytest.fixture
 def scripted_accuracy(monkeypatch):
-    """Held-out accuracy per evaluation, in call order, so the gate's decisions are known."""
+    """The held-out metric per evaluation, in call order, so the gate's decisions are known."""
     script = []
     real = stages.evaluate
 
-    def fake(model, tok, prompts, out_dir, cfg, judge_cfg, progress=True):
-        real(model, tok, prompts, out_dir, cfg, judge_cfg, progress=progress)
+    def fake(model, tok, prompts, out_dir, cfg, judge_cfg, **kwargs):
+        real(model, tok, prompts, out_dir, cfg, judge_cfg, **kwargs)
         m = json.loads((out_dir / "metrics.json").read_text())
-        m["accuracy"] = script.pop(0)
+        m[m["metric"]] = script.pop(0)
         (out_dir / "metrics.json").write_text(json.dumps(m))
         return m
 
@@ -50,7 +50,7 @@ def test_two_rounds_with_rollback(tmp_path, tiny_model_dir, length_judge, script
         assert {"pass_at_1", "pass_at_k", "balance_score", "pairs_kept"} <= set(metrics)
     assert (run / "report.html").exists() and list((run / "plots").glob("*.png"))
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("loop: rounds=2 accuracy 0.500 -> 0.600 kept=1 minutes=")
+    assert last.startswith("loop: rounds=2 mean_score 0.500 -> 0.600 kept=1 minutes=")
 
 
 def test_resume_skips_finished_stages_and_detects_changes(tmp_path, tiny_model_dir, length_judge, monkeypatch):

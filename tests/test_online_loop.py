@@ -30,7 +30,8 @@ def test_rloo_round_trains_on_its_prompts_and_resumes(tmp_path, tiny_model_dir, 
     if reward == "self_loglik":  # log-likelihood per token: negative, no ground truth
         assert all(s < 0 for r in rollouts for s in r["scores"]) and rollouts[0]["correct"] == [None] * 3
     metrics = json.loads((r1 / "metrics.json").read_text())
-    assert {"accuracy", "train_loss", "rewards_first", "rewards_last", "rewards_mean", "samples"} <= set(metrics)
+    # the length judge gives scores, no verdicts: the held-out metric is its mean score
+    assert {"mean_score", "train_loss", "rewards_first", "rewards_last", "rewards_mean", "samples"} <= set(metrics)
     assert metrics["samples"] == 12 and [r["round"] for r in summary["rounds"]] == [0, 1]
     assert (r1 / "train" / "model" / "model.safetensors").exists()
 
@@ -48,7 +49,7 @@ def test_score_rounds_run_stage_one_then_two_and_evaluate_both_attempts(tmp_path
     assert [r.get("score_stage") for r in summary["rounds"]] == [None, 1, 2]
     for r in (0, 1, 2):
         m = json.loads((run / f"round_{r}" / "eval" / "metrics.json").read_text())
-        assert {"accuracy", "accuracy_t1", "accuracy_t2", "wrong_to_right", "right_to_wrong"} <= set(m)
+        assert {"mean_score", "accuracy_t1", "accuracy_t2", "wrong_to_right", "right_to_wrong"} <= set(m)
     second = _lines(run / "round_1" / "eval" / "second" / "answers.jsonl")
     first = _lines(run / "round_1" / "eval" / "answers.jsonl")
     assert [m["role"] for m in second[0]["messages"]] == ["user", "assistant", "user"]
@@ -60,7 +61,7 @@ def test_score_rounds_run_stage_one_then_two_and_evaluate_both_attempts(tmp_path
     assert {"first_rewards", "second_rewards", "wrong_to_right", "first_kl"} <= set(metrics[0])
 
 
-def test_score_stage_is_not_a_recipe_parameter(tmp_path, tiny_model_dir):
+def test_score_stage_is_not_a_recipe_parameter(tmp_path, tiny_model_dir, length_judge):
     cfg = load_config(None, _overrides(tmp_path, tiny_model_dir) + ["train.loss.name=score", "train.loss.stage=1"])
     with pytest.raises(ConfigError, match="online.stage_one_rounds"):
         online.objective_params(cfg, 1)

@@ -13,6 +13,8 @@
     ratchet pair     --completions C --judgments J --out PAIRS [--self-scores S]   (SFT rows for sft objectives)
     ratchet train    --model M --pairs PAIRS --out DIR [--skip-invalid] [--resume]
     ratchet evaluate --model M --prompts P --out DIR
+    ratchet export   --pairs P [--format trl] --out F   pairs for other trainers (TRL's conversational rows)
+    ratchet export   --model RUN_OR_DIR --to DIR [--push-to-hub REPO]   a standard model directory + model card
 
 Every command takes ``--recipe R.yaml`` and trailing ``key=value`` overrides (dotted keys, e.g.
 ``train.lr=1e-5 train.loss.beta=0.2``); stage commands save the resolved config in their output.
@@ -44,14 +46,13 @@ def _loop(args, cfg: RunConfig) -> None:
 
     summary = run_loop(cfg)
     print_summary(summary)
-    last = "demo" if args.command == "demo" else "loop"
-    if last == "demo":
-        print(f"demo: accuracy {summary['accuracy_start']:.3f} -> {summary['accuracy_best']:.3f} "
-              f"on {summary['n_heldout']} held-out problems")
+    metric, start, best = summary["metric"], summary["metric_start"], summary["metric_best"]
+    if args.command == "demo":
+        print(f"demo: {metric} {start:.3f} -> {best:.3f} on {summary['n_heldout']} held-out problems")
     else:
         kept = sum(1 for r in summary["rounds"][1:] if r["kept"])
-        print(f"loop: rounds={cfg.rounds} accuracy {summary['accuracy_start']:.3f} -> {summary['accuracy_best']:.3f} "
-              f"kept={kept} minutes={summary['minutes']:.1f}")
+        print(f"loop: rounds={cfg.rounds} {metric} {start:.3f} -> {best:.3f} kept={kept} "
+              f"minutes={summary['minutes']:.1f}")
 
 
 def _report(args, cfg: RunConfig) -> None:
@@ -77,21 +78,34 @@ def _stage_output(path: str, cfg: RunConfig) -> Path:
 def _prompts(args, cfg):
     from ratchet.loop import stages
 
-    print(stages.make_prompts(cfg.task, args.split, _stage_output(args.out, cfg)))
+    n = cfg.task.train_prompts if args.split == "train" else cfg.task.heldout_prompts
+    print(stages.make_prompts(stages.make_task(cfg.task), args.split, _stage_output(args.out, cfg), n,
+                              round=args.round))
+
+
+def _file_task(cfg):
+    """The recipe's task when it is a data file (its stop strings); built-in tasks are known by
+    the name their rows carry."""
+    from ratchet.loop import stages
+
+    return stages.make_task(cfg.task) if cfg.task.source else None
 
 
 def _generate(args, cfg):
     from ratchet.loop import stages
     from ratchet.models import load_model
 
-    model, tok = load_model(args.model)
-    print(stages.generate(model, tok, Path(args.prompts), _stage_output(args.out, cfg), cfg.generate))
+    model, tok = load_model(args.model, **cfg.model.load_options())
+    print(stages.generate(model, tok, Path(args.prompts), _stage_output(args.out, cfg), cfg.generate,
+                          task=_file_task(cfg)))
 
 
 def _judge(args, cfg):
     from ratchet.loop import stages
+    from ratchet.models import load_model
 
-    print(stages.judge(Path(args.completions), _stage_output(args.out, cfg), cfg.judge))
+    policy = (lambda: load_model(args.model, **cfg.model.load_options())) if args.model else None
+    print(stages.judge(Path(args.completions), _stage_output(args.out, cfg), cfg.judge, policy=policy))
 
 
 def _pair(args, cfg):
@@ -105,7 +119,7 @@ def _self_score(args, cfg):
     from ratchet.loop import stages
     from ratchet.models import load_model
 
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, **cfg.model.load_options())
     print(stages.self_score(model, tok, Path(args.completions), _stage_output(args.out, cfg),
                             batch_size=cfg.generate.batch_size))
 
@@ -114,7 +128,7 @@ def _train(args, cfg):
     from ratchet.loop import stages
     from ratchet.models import load_model
 
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, **cfg.model.load_options())
     out = _stage_output(args.out, cfg)
     summary = stages.train(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid,
                            revision_template=cfg.revise.template, resume=args.resume)
@@ -126,15 +140,17 @@ def _evaluate(args, cfg):
     from ratchet.loop import stages
     from ratchet.models import load_model
 
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, **cfg.model.load_options())
     out = _stage_output(args.out, cfg)
     if cfg.revise.revisions > 0:
-        m = stages.evaluate_revisions(model, tok, Path(args.prompts), out, cfg.revise, cfg.evaluate, cfg.judge)
+        m = stages.evaluate_revisions(model, tok, Path(args.prompts), out, cfg.revise, cfg.evaluate, cfg.judge,
+                                      task=_file_task(cfg))
         steps = " ".join(f"{a:.3f}" for a in m["accuracy_per_revision"])
         print(f"evaluate: accuracy per revision {steps} (n={m['n']})")
         return
-    m = stages.evaluate(model, tok, Path(args.prompts), out, cfg.evaluate, cfg.judge)
-    print(f"evaluate: accuracy {m['accuracy']:.3f} ({m['correct']}/{m['n']})")
+    m = stages.evaluate(model, tok, Path(args.prompts), out, cfg.evaluate, cfg.judge, task=_file_task(cfg))
+    extra = f" ({m['correct']}/{m['n']})" if m["metric"] == "accuracy" else f" (n={m['n']})"
+    print(f"evaluate: {m['metric']} {m[m['metric']]:.3f}{extra}")
 
 
 def _revise(args, cfg):
@@ -145,8 +161,9 @@ def _revise(args, cfg):
 
     if args.revisions is not None:
         cfg = dataclasses.replace(cfg, revise=dataclasses.replace(cfg.revise, revisions=args.revisions))
-    model, tok = load_model(args.model)
-    print(stages.revise(model, tok, Path(args.input), _stage_output(args.out, cfg), cfg.revise, cfg.evaluate))
+    model, tok = load_model(args.model, **cfg.model.load_options())
+    print(stages.revise(model, tok, Path(args.input), _stage_output(args.out, cfg), cfg.revise, cfg.evaluate,
+                        task=_file_task(cfg)))
 
 
 def _compare_revisions(args, cfg):
@@ -155,6 +172,23 @@ def _compare_revisions(args, cfg):
     results = compare_revisions(cfg, pairs=Path(args.pairs) if args.pairs else None)
     print(markdown_table(results))
     print(summary_line(results))  # last line, for scripts
+
+
+def _export(args, cfg):
+    if bool(args.pairs) == bool(args.model):
+        raise ConfigError("export: give either --pairs PATH --out FILE, or --model DIR --to DIR")
+    if args.model:
+        from ratchet.loop.export import export_model
+
+        if not args.to:
+            raise ConfigError("export --model: give --to DIR (where the model directory is written)")
+        print(export_model(args.model, args.to, push_to_hub=args.push_to_hub))
+        return
+    from ratchet.data.trl_format import export_pairs
+
+    if not args.out:
+        raise ConfigError("export --pairs: give --out FILE")
+    print(export_pairs(Path(args.pairs), Path(args.out), format=args.format))
 
 
 COMMANDS = {
@@ -166,10 +200,13 @@ COMMANDS = {
     "compare-revisions": (_compare_revisions, [("--pairs", dict(default=None, help="pairs JSONL to train both on "
                                                                  "(default: generate -> judge -> pair)"))]),
     "report": (_report, [("run", dict(help="run directory, e.g. runs/arithmetic-dpo"))]),
-    "prompts": (_prompts, [("--split", dict(choices=["train", "heldout"], default="train")), ("--out", dict(required=True))]),
+    "prompts": (_prompts, [("--split", dict(choices=["train", "heldout"], default="train")), ("--out", dict(required=True)),
+                           ("--round", dict(type=int, default=1, help="which round's training draw (default 1)"))]),
     "generate": (_generate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
                              ("--out", dict(required=True))]),
-    "judge": (_judge, [("--completions", dict(required=True)), ("--out", dict(required=True))]),
+    "judge": (_judge, [("--completions", dict(required=True)), ("--out", dict(required=True)),
+                       ("--model", dict(default=None, help="the policy, for a judge that is the policy itself "
+                                                           "(judge.name=llm, judge.params.model=policy)"))]),
     "self-score": (_self_score, [("--model", dict(required=True)), ("--completions", dict(required=True)),
                                  ("--out", dict(required=True))]),
     "pair": (_pair, [("--completions", dict(required=True)), ("--judgments", dict(required=True)),
@@ -181,6 +218,11 @@ COMMANDS = {
                                          help="continue from the newest checkpoint in OUT/checkpoints"))]),
     "evaluate": (_evaluate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
                              ("--out", dict(required=True))]),
+    "export": (_export, [("--pairs", dict(default=None, help="pairs JSONL (ratchet's or TRL's formats)")),
+                         ("--format", dict(choices=["trl"], default="trl")), ("--out", dict(default=None)),
+                         ("--model", dict(default=None, help="a model directory, a run directory or <run>/best")),
+                         ("--to", dict(default=None, help="where the exported model directory goes")),
+                         ("--push-to-hub", dict(default=None, help="hub repo id to upload it to (online)"))]),
 }
 
 

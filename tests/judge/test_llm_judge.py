@@ -94,3 +94,20 @@ def test_templates_are_data_files(tmp_path):
         PairwiseJudge(sampler, template=str(broken))
     with pytest.raises(FileNotFoundError, match="neither"):
         load_template("nope", "pointwise")
+
+
+def test_yes_no_judge_is_the_probability_of_yes(tiny):
+    import math
+
+    from ratchet.generate.score import sequence_logprobs
+    from ratchet.judge.llm_judge import YesNoJudge
+
+    model, tokenizer = tiny
+    verdicts = YesNoJudge(model, tokenizer).judge(PROMPT, ["4", "five"])
+    for v, answer in zip(verdicts, ["4", "five"]):
+        ask = [{"role": "user", "content": load_template("yes_no", "yes_no").substitute(question="What is 2 + 2?",
+                                                                                       answer=answer)}]
+        (yes, _), (no, _) = sequence_logprobs(model, tokenizer, [(ask, "Yes", False), (ask, "No", False)])
+        assert v.score == pytest.approx(math.exp(yes) / (math.exp(yes) + math.exp(no)), rel=1e-5)
+        assert 0 < v.score < 1 and v.correct is None
+    assert verdicts[0].score != verdicts[1].score

@@ -48,7 +48,7 @@ def _overrides(tmp_path, model_dir, template, revisions):
 def test_recipe_loads_as_srpo_with_three_revisions():
     cfg = load_config(RECIPE)
     assert cfg.train.loss.name == "srpo" and cfg.train.loss.params == {"alpha": 0.8, "beta": 0.01}
-    assert cfg.revise.revisions == 3 and cfg.task.name == "arithmetic" and cfg.model == "smollm2-135m"
+    assert cfg.revise.revisions == 3 and cfg.task.name == "arithmetic" and cfg.model.path == "smollm2-135m"
 
 
 def test_compare_from_self_generated_pairs(tmp_path, tiny_model_dir, parity_judge, short_template, capsys):

@@ -11,6 +11,7 @@ Record shapes (one JSON object per line):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -71,3 +72,15 @@ def write_json(path: str | Path, obj: dict) -> Path:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents), hex."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

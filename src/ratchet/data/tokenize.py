@@ -1,13 +1,16 @@
 """Tokenisation: chat template for the prompt, completion tokens after it, prompt masked.
 
 Knows a tokenizer, never a model. A sequence is ``prompt_ids + completion_ids``; only completion
-tokens are scored (``completion_mask``). A completion that ended by itself gets the tokenizer's
-end-of-turn token appended, so the model learns to stop; one cut by ``max_new_tokens`` does not.
+tokens are scored (``completion_mask``). A completion that ended by itself gets the token that
+ends an assistant turn in the chat template appended (``data.chat.end_of_turn_token``, else EOS),
+so the model learns to stop as the samplers stop; one cut by ``max_new_tokens`` does not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ratchet.data.chat import closing_token, render_prompt
 
 
 @dataclass
@@ -24,16 +27,16 @@ class Tokenized:
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the chat-formatted prompt, ending with the assistant turn's header."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of the chat-formatted prompt, ending with the assistant turn's header
+    (``data.chat.render_prompt``: the plain format when the tokenizer has no chat template)."""
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
 def completion_ids(tokenizer, text: str, complete: bool = True) -> list[int]:
+    """Token ids of ``text``, plus the end-of-turn token (else EOS) when it ended by itself."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if complete and tokenizer.eos_token_id is not None:
-        ids = ids + [tokenizer.eos_token_id]
-    return ids
+    end = closing_token(tokenizer) if complete else None
+    return ids if end is None else ids + [end]
 
 
 def tokenize_completion(tokenizer, prompt: list[int], text: str, *, complete: bool, max_length: int) -> Tokenized:

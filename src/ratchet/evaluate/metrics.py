@@ -75,3 +75,30 @@ def win_rate(outcomes: Sequence[float], confidence: float = 0.95, n_boot: int = 
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return WinRate(rate=float(x.mean()), low=float(low), high=float(high), n=len(x), wins=int((x == 1).sum()),
                    ties=int(((x > 0) & (x < 1)).sum()), losses=int((x == 0).sum()), confidence=confidence)
+
+
+def heldout_metric(metric: str | None, correct: Sequence[bool | None], scores: Sequence[float], *,
+                   judge: str = "the judge") -> dict:
+    """A held-out evaluation's metrics.json: ``{"metric": name, name: value, "n", ...}``.
+
+    ``accuracy``: correct answers over all answers (an answer without a verdict, e.g. a sandbox
+    error, counts as wrong and is counted in ``no_verdict``); ``mean_score``: the judge's mean
+    score, with its standard deviation. ``metric`` None infers it: accuracy if the judge gave any
+    verdict, else mean_score, so a scorer never reads as a verifier that failed everything."""
+    if len(correct) != len(scores) or not scores:
+        raise ValueError(f"held-out metrics need one verdict and score per answer, got {len(correct)} and {len(scores)}")
+    if metric is None:
+        metric = "accuracy" if any(c is not None for c in correct) else "mean_score"
+    if metric == "accuracy":
+        if all(c is None for c in correct):
+            raise ValueError(f"{judge} said of no held-out answer whether it is correct, so accuracy is undefined; "
+                             "set judge.metric: mean_score (or evaluate.judge: a verifier)")
+        right = sum(c is True for c in correct)
+        return {"metric": "accuracy", "accuracy": right / len(correct), "correct": right, "n": len(correct),
+                "no_verdict": sum(c is None for c in correct)}
+    if metric == "mean_score":
+        x = np.asarray(scores, dtype=float)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{judge} gave a non-finite score to a held-out answer")
+        return {"metric": "mean_score", "mean_score": float(x.mean()), "std": float(x.std()), "n": len(x)}
+    raise ValueError(f"unknown held-out metric {metric!r}; expected accuracy or mean_score here")

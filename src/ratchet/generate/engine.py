@@ -36,6 +36,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from ratchet.data.tokenize import prompt_ids
 from ratchet.generate.base import Messages, Sample, SamplingParams
 from ratchet.generate.hf import cut_at_stop
+from ratchet.generate.stops import stop_token_ids
 
 
 def cache_argument(model) -> str:
@@ -326,7 +327,7 @@ class CachedSampler:
         self.batch_size = batch_size
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
         self.progress = progress
-        self.eos = tokenizer.eos_token_id
+        self.stop_ids = frozenset(stop_token_ids(tokenizer, model))  # EOS and end of turn: see generate.stops
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _encode(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[int]]:
@@ -383,10 +384,11 @@ class CachedSampler:
 
     def _advance(self, batch: _Batch, tokens: list[int], params: SamplingParams,
                  out: list[list[Sample]], bar: _Progress) -> list[bool]:
-        """Append each row's new token; finish rows on EOS, a stop string or the length cap."""
+        """Append each row's new token; finish rows on a stop token (reason "eos", the token not
+        kept), a stop string or the length cap."""
         reasons: list[str | None] = []
         for seq, token in zip(batch.tokens, tokens):
-            if token == self.eos:
+            if token in self.stop_ids:
                 reasons.append("eos")
             else:
                 seq.append(token)

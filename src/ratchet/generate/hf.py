@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ratchet.data.tokenize import prompt_ids
 from ratchet.generate.base import Messages, Sample, SamplingParams
+from ratchet.generate.stops import stop_token_ids
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -29,6 +30,7 @@ class HFSampler:
         self.batch_size = batch_size
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
         self.progress = progress
+        self.stop_ids = stop_token_ids(tokenizer, model)  # EOS and end of turn: see generate.stops
 
     def _encode(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[int]]:
         encoded = []
@@ -41,11 +43,11 @@ class HFSampler:
         return encoded
 
     def _decode_one(self, ids: torch.Tensor, params: SamplingParams) -> Sample:
-        eos = self.tokenizer.eos_token_id
         ids = ids.tolist()
+        end = next((n for n, token in enumerate(ids) if token in self.stop_ids), None)
         finish = "length"
-        if eos in ids:
-            ids, finish = ids[:ids.index(eos)], "eos"
+        if end is not None:  # the rest is padding
+            ids, finish = ids[:end], "eos"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, params.stop)
         if stopped:
@@ -73,7 +75,7 @@ class HFSampler:
             generated = self.model.generate(
                 input_ids=input_ids.to(self.model.device), attention_mask=attention.to(self.model.device),
                 max_new_tokens=params.max_new_tokens, num_return_sequences=params.k, pad_token_id=pad,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=list(self.stop_ids),
                 stop_strings=list(params.stop) or None, tokenizer=self.tokenizer if params.stop else None,
                 **sampling)[:, width:]
             for row, i in enumerate(idx):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from ratchet.judge.base import Judgment
+from ratchet.judge.base import JudgeInputError, Judgment
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 _ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*\**\s*\$?(" + _NUMBER + ")", re.IGNORECASE)
@@ -32,10 +32,16 @@ def extract_answer(text: str) -> str | None:
 class AnswerJudge:
     """Scores 1.0 when the extracted final answer equals the prompt record's ``answer``."""
 
+    metric = "accuracy"
+
     def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
         if "answer" not in prompt:
-            raise KeyError(f"prompt {prompt.get('id', '?')!r} has no 'answer' field; the answer judge needs one")
+            raise JudgeInputError(f"prompt {prompt.get('id', '?')!r} has no 'answer' field; the answer judge needs one")
         gold = extract_answer(str(prompt["answer"]))
+        if gold is None or not re.fullmatch(r"\s*\$?" + _NUMBER + r"\s*", str(prompt["answer"])):
+            raise JudgeInputError(
+                f"prompt {prompt.get('id', '?')!r}: answer {prompt['answer']!r} is not a number, and the answer judge "
+                "compares numbers; use judge.name=exact for text answers or math for LaTeX and expressions")
         out = []
         for text in completions:
             got = extract_answer(text)

@@ -8,6 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from ratchet.data.records import RecordError
+
+
+class JudgeInputError(RecordError, KeyError):
+    """A prompt row lacks what its judge reads (an ``answer``, ``messages``, code), or holds what it
+    cannot read (a text answer for the number judge). A ``RecordError``, so the CLI prints one line
+    naming the row and exits 2; a ``KeyError`` for callers that catch a missing field."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
 
 @dataclass
 class Judgment:

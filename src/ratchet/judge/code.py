@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ratchet.judge.base import Judgment
+from ratchet.judge.base import JudgeInputError, Judgment
 from ratchet.judge.sandbox import Job, Limits, RunResult, Sandbox
 
 CODE_INSTRUCTION = "Complete the following Python function. Reply with the complete function in a ```python block."
@@ -163,7 +163,7 @@ class UnitTestJudge:
             return task_from_record(prompt)
         task = self.tasks.get(prompt.get("id"))
         if task is None:
-            raise KeyError(f"prompt {prompt.get('id', '?')!r} has no 'code' field and its id is not a known task")
+            raise JudgeInputError(f"prompt {prompt.get('id', '?')!r} has no 'code' field and its id is not a known task")
         return task
 
     def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
@@ -177,10 +177,10 @@ def task_from_record(prompt: dict, keys: tuple[str, ...] = ("prompt", "entry_poi
     are the ones the caller needs (a missing ``test`` is then empty)."""
     code = prompt.get("code")
     if not isinstance(code, dict):
-        raise KeyError(f"prompt {prompt.get('id', '?')!r} has no 'code' field (a code task such as humaneval)")
+        raise JudgeInputError(f"prompt {prompt.get('id', '?')!r} has no 'code' field (a code task such as humaneval)")
     missing = [k for k in keys if not isinstance(code.get(k), str)]
     if missing:
-        raise KeyError(f"prompt {prompt.get('id', '?')!r}: 'code' lacks string key(s) {missing}")
+        raise JudgeInputError(f"prompt {prompt.get('id', '?')!r}: 'code' lacks string key(s) {missing}")
     return CodeTask(str(prompt.get("id", "")), code["prompt"], code["entry_point"], code.get("test", ""))
 
 
@@ -196,6 +196,9 @@ def code_sandbox(wall_seconds: float) -> Sandbox:
 def unit_test_judge(*, wall_seconds: float = 10.0) -> UnitTestJudge:
     """``JUDGES["unit_tests"]``: the task's real tests (HumanEval's ``check``) in the sandbox."""
     return UnitTestJudge(code_sandbox(wall_seconds))
+
+
+unit_test_judge.metric = "accuracy"
 
 
 def judgment_from_run(result: RunResult) -> Judgment:

@@ -27,7 +27,7 @@ import ast
 import re
 from typing import Sequence
 
-from ratchet.judge.base import Judgment
+from ratchet.judge.base import JudgeInputError, Judgment
 from ratchet.judge.code import UnitTestJudge, code_sandbox, task_from_record
 from ratchet.judge.sandbox import Job, Sandbox
 
@@ -155,7 +155,7 @@ class DSTCJudge:
     def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
         tests = prompt.get("tests")
         if not isinstance(tests, list) or not all(isinstance(t, str) for t in tests):
-            raise KeyError(f"prompt {prompt.get('id', '?')!r}: the dstc judge needs row['tests'], a list of test "
+            raise JudgeInputError(f"prompt {prompt.get('id', '?')!r}: the dstc judge needs row['tests'], a list of test "
                            "sources (sample them with generate.tests > 0)")
         task = task_from_record(prompt, ("prompt", "entry_point"))
         matrix = pass_matrix(self.sandbox, [task.program(c) for c in completions], tests, task.entry_point,

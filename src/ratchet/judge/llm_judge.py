@@ -10,6 +10,11 @@ Prompt templates are data files (``templates/*.txt``, ``string.Template`` syntax
 ``$question``, ``$answer_a``, ``$answer_b`` / ``$answer``); pass a name from ``TEMPLATES`` or a
 path. The policy itself can be the judge (self-rewarding, Yuan et al. 2024): give it the policy's
 sampler. The judge knows nothing about pairing; it only scores.
+
+Yes/no (``YesNoJudge``): no text is sampled; a completion's score is the judge model's probability of
+replying "Yes" rather than "No" when asked whether it is correct, P(True) of Kadavath et al. 2022
+("Language Models (Mostly) Know What They Know"). It needs no rating format, so even a small
+model can judge itself with it.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from ratchet.generate.base import Sampler, SamplingParams
 from ratchet.judge.base import Judgment
 from ratchet.judge.prompt import question_text
 
-TEMPLATES = {"pairwise": "pairwise.txt", "pointwise": "pointwise.txt"}
-_PLACEHOLDERS = {"pairwise": ("question", "answer_a", "answer_b"), "pointwise": ("question", "answer")}
+TEMPLATES = {"pairwise": "pairwise.txt", "pointwise": "pointwise.txt", "yes_no": "yes_no.txt"}
+_PLACEHOLDERS = {"pairwise": ("question", "answer_a", "answer_b"), "pointwise": ("question", "answer"),
+                 "yes_no": ("question", "answer")}
 _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 DEFAULT_PARAMS = SamplingParams(k=1, temperature=0.0, max_new_tokens=512)
@@ -116,8 +122,36 @@ class PointwiseJudge:
         out = []
         for samples in replies:
             ratings = [r for r in (self.rating(s.text) for s in samples) if r is not None]
+            replies = [s.text[:200] for s in samples]  # kept, so an unparsed or odd rating can be read
             if not ratings:
-                out.append(Judgment(score=0.0, correct=None, detail={"error": "no rating in the judge's reply"}))
+                out.append(Judgment(score=0.0, correct=None,
+                                    detail={"error": "no rating in the judge's reply", "replies": replies}))
                 continue
-            out.append(Judgment(score=sum(ratings) / len(ratings), correct=None, detail={"ratings": ratings}))
+            out.append(Judgment(score=sum(ratings) / len(ratings), correct=None,
+                                detail={"ratings": ratings, "replies": replies}))
         return out
+
+
+class YesNoJudge:
+    """Scores each completion P(Yes) / (P(Yes) + P(No)) under the judge model, asked by ``template``
+    whether the answer is correct; ``detail`` keeps both log-probabilities."""
+
+    def __init__(self, model, tokenizer, template: str = "yes_no", batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.template = load_template(template, "yes_no")
+
+    def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
+        import math
+
+        from ratchet.generate.score import sequence_logprobs  # torch; imported when judging
+
+        question = question_text(prompt)
+        asks = [[{"role": "user", "content": self.template.substitute(question=question, answer=c)}]
+                for c in completions]
+        # the reply's first words, not a finished turn: no end-of-turn token after "Yes" / "No"
+        scored = sequence_logprobs(self.model, self.tokenizer, [(a, w, False) for w in ("Yes", "No") for a in asks],
+                                   batch_size=self.batch_size)
+        yes, no = scored[:len(asks)], scored[len(asks):]
+        return [Judgment(score=1.0 / (1.0 + math.exp(n - y)), correct=None, detail={"logp_yes": y, "logp_no": n})
+                for (y, _), (n, _) in zip(yes, no)]
+

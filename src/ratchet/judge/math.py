@@ -20,7 +20,7 @@ import functools
 import threading
 from typing import Callable, Sequence, TypeVar
 
-from ratchet.judge.base import Judgment
+from ratchet.judge.base import JudgeInputError, Judgment
 
 T = TypeVar("T")
 
@@ -126,12 +126,14 @@ class MathJudge:
     A gold answer math-verify cannot parse gives ``correct=None`` (no verdict) for every
     completion, with the reason in ``detail``; it is a data problem, not the model's."""
 
+    metric = "accuracy"
+
     def __init__(self, answer_key: str = "answer", timeout: float | None = 5.0):
         self.answer_key, self.timeout = answer_key, timeout
 
     def judge(self, prompt: dict, completions: Sequence[str]) -> list[Judgment]:
         if self.answer_key not in prompt:
-            raise KeyError(f"prompt {prompt.get('id', '?')!r} has no {self.answer_key!r} field; "
+            raise JudgeInputError(f"prompt {prompt.get('id', '?')!r} has no {self.answer_key!r} field; "
                            "the math judge needs one")
         gold_text = str(prompt[self.answer_key])
         gold = parse_gold(gold_text, self.timeout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ratchet.judge.base import JudgeInputError
+
 Messages = list[dict]
 
 
@@ -10,7 +12,7 @@ def prompt_messages(prompt: dict) -> Messages:
     messages = prompt.get("messages")
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-        raise KeyError(f"prompt {prompt.get('id', '?')!r} needs 'messages': a non-empty list of "
+        raise JudgeInputError(f"prompt {prompt.get('id', '?')!r} needs 'messages': a non-empty list of "
                        "{'role', 'content'} dicts")
     return messages
 

@@ -36,11 +36,14 @@ class RewardModelJudge:
             model.config.pad_token_id = self.pad_id
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", dtype: str = "float32", **kwargs) -> RewardModelJudge:
-        import torch
+    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "auto", **kwargs) -> RewardModelJudge:
+        """``device`` / ``dtype`` as a recipe's ``model`` takes them (``auto``: the GPU in bf16 if any)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+        from ratchet.models import pick_device, pick_dtype
+
+        device = pick_device(device)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=pick_dtype(dtype, device))
         return cls(model.to(device), AutoTokenizer.from_pretrained(path), **kwargs)
 
     def render(self, messages: Messages) -> list[int]:

@@ -47,6 +47,10 @@ def _objectives(cfg: RunConfig, baseline: LossConfig) -> dict[str, LossConfig]:
     return {"dpo": baseline, "srpo": srpo}
 
 
+def _load(cfg: RunConfig, path: str):
+    return load_model(path, **cfg.model.load_options())
+
+
 def _make_pairs(cfg: RunConfig, out: Path, given: Path | None, base: str, progress: bool) -> Path:
     """The pairs both objectives train on: a copy of ``given``, or the recipe's generate -> judge -> pair."""
     pairs = out / "pairs.jsonl"
@@ -54,10 +58,11 @@ def _make_pairs(cfg: RunConfig, out: Path, given: Path | None, base: str, progre
         run_stage(out, "pairs", {"source": str(given)}, [given], [pairs], lambda: shutil.copyfile(given, pairs))
         return pairs
     p, c, j = out / "prompts.jsonl", out / "completions.jsonl", out / "judgments.jsonl"
-    run_stage(out, "prompts", {"task": to_dict(cfg.task)}, [], [p],
-              lambda: stages.make_prompts(cfg.task, "train", p, seed_offset=1))
+    task = stages.make_task(cfg.task)
+    run_stage(out, "prompts", {"task": to_dict(cfg.task), "data": task.fingerprint()}, [], [p],
+              lambda: stages.make_prompts(task, "train", p, cfg.task.train_prompts, round=1))
     run_stage(out, "generate", {"generate": to_dict(cfg.generate), "model": model_id(base)}, [p], [c],
-              lambda: stages.generate(*load_model(base), p, c, cfg.generate, progress=progress))
+              lambda: stages.generate(*_load(cfg, base), p, c, cfg.generate, task=task, progress=progress))
     run_stage(out, "judge", {"judge": to_dict(cfg.judge)}, [c], [j], lambda: stages.judge(c, j, cfg.judge))
     # DPO and SRPO read the same (x, y_w, y_l) rows: pairs built once, for the paired objectives
     run_stage(out, "pair", {"pair": to_dict(cfg.pair)}, [c, j], [pairs],
@@ -71,7 +76,7 @@ def _train(cfg: RunConfig, out: Path, name: str, loss: LossConfig, pairs: Path, 
     train_dir = out / f"train_{name}"
     run_stage(out, f"train_{name}", {"train": to_dict(train_cfg), "revise_template": cfg.revise.template,
                                      "model": model_id(base)}, [pairs], [train_dir / "model"],
-              lambda: stages.train(*load_model(base), pairs, train_dir, train_cfg,
+              lambda: stages.train(*_load(cfg, base), pairs, train_dir, train_cfg,
                                    revision_template=cfg.revise.template, progress=progress))
     return str(train_dir / "model")
 
@@ -81,8 +86,9 @@ def _evaluate(cfg: RunConfig, out: Path, name: str, model_path: str, heldout: Pa
     run_stage(out, f"eval_{name}", {"revise": to_dict(cfg.revise), "evaluate": to_dict(cfg.evaluate),
                                     "judge": to_dict(cfg.judge), "model": model_id(model_path)},
               [heldout], [eval_dir / "metrics.json"],
-              lambda: stages.evaluate_revisions(*load_model(model_path), heldout, eval_dir, cfg.revise,
-                                                cfg.evaluate, cfg.judge, progress=progress))
+              lambda: stages.evaluate_revisions(*_load(cfg, model_path), heldout, eval_dir, cfg.revise,
+                                                cfg.evaluate, cfg.judge, task=stages.make_task(cfg.task),
+                                                progress=progress))
     return json.loads((eval_dir / "metrics.json").read_text())["accuracy_per_revision"]
 
 
@@ -100,10 +106,12 @@ def compare_revisions(cfg: RunConfig, *, pairs: Path | None = None, baseline: Lo
     out = compare_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    base = resolve_model(cfg.model)
+    base = resolve_model(cfg.model.path, revision=cfg.model.revision)
     heldout = out / "heldout.jsonl"
-    run_stage(out, "heldout", {"task": to_dict(cfg.task)}, [], [heldout],
-              lambda: stages.make_prompts(cfg.task, "heldout", heldout))
+    task = stages.make_task(cfg.task)
+    task.check()  # a missing file or column fails here, before any model loads
+    run_stage(out, "heldout", {"task": to_dict(cfg.task), "data": task.fingerprint()}, [], [heldout],
+              lambda: stages.make_prompts(task, "heldout", heldout, cfg.task.heldout_prompts))
     pairs_path = _make_pairs(cfg, out, Path(pairs) if pairs else None, base, progress)
     n_pairs = len(read_jsonl(pairs_path))
     if n_pairs == 0:

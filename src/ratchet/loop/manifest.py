@@ -18,23 +18,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ratchet.data.records import write_json
+from ratchet.data.records import file_hash, write_json
 
 
 class StaleStageError(RuntimeError):
     pass
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (names and contents), hex."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _load(path: Path) -> dict:
@@ -94,3 +82,8 @@ def run_stage(round_dir: Path, stage: str, config: dict, inputs: list[Path], out
                                  "seconds": round(time.time() - started, 1)}
     write_json(manifest_path, manifest)
     return True
+
+
+def stage_seconds(round_dir: Path) -> dict:
+    """Seconds each stage of a round took when it ran (stages skipped on a resume keep their first time)."""
+    return {stage: done.get("seconds") for stage, done in _load(Path(round_dir) / "manifest.json")["stages"].items()}

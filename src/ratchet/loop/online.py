@@ -24,13 +24,12 @@ from ratchet.data.correction import correction_messages
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.evaluate.correction import correction_metrics
 from ratchet.generate.base import SamplingParams
-from ratchet.judge import JUDGES
+from ratchet.judge import build_judge
 from ratchet.loop import stages
 from ratchet.loop.manifest import claim, run_stage
 from ratchet.loop.rollouts import judge_reward, self_loglik_reward, single_turn, two_turn
 from ratchet.loop.run import model_id
 from ratchet.losses import LOSSES
-from ratchet.models import load_model
 
 EPISODES = {"online": single_turn, "two_turn": two_turn}
 """Objective data kind -> how a rollout samples (one answer; SCoRe's answer, instruction, answer)."""
@@ -50,15 +49,15 @@ def objective_params(cfg: RunConfig, r: int) -> dict:
     return params
 
 
-def _sampling(cfg: GenerateConfig, rows: list[dict]) -> SamplingParams:
-    stop = cfg.stop if cfg.stop is not None else stages.TASK_STOP.get(rows[0].get("task") if rows else None, ())
+def _sampling(cfg: GenerateConfig, rows: list[dict], task) -> SamplingParams:
     return SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                          stop=tuple(stop), seed=cfg.seed)
+                          stop=stages.stop_strings(cfg.stop, task, rows), seed=cfg.seed)
 
 
 def train_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunConfig, *, loss_params: dict,
-                reference_model=None, progress: bool = True) -> dict:
+                reference_model=None, task=None, progress: bool = True) -> dict:
     """On-policy training of ``model`` on the prompts file; ``reference_model`` None: the model as given."""
+    from ratchet.train.adapters import add_lora, is_peft, save_merged
     from ratchet.train.online import train_online  # torch-heavy; import when training
 
     gen, t = cfg.generate, cfg.train
@@ -67,21 +66,17 @@ def train_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunConfig, 
     rows = read_jsonl(prompts, required=("id", "messages"))
     if cfg.online.reward == "self_loglik" and reference_model is None:  # the base, frozen before any update
         reference_model = copy.deepcopy(model).requires_grad_(False).eval()
-    if t.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                                                 target_modules="all-linear"))
-    if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    params = _sampling(gen, rows)
+    model = add_lora(model, r=t.lora.r, alpha=t.lora.alpha, dropout=t.lora.dropout,
+                     target_modules=t.lora.target_modules, gradient_checkpointing=t.gradient_checkpointing)
+    params = _sampling(gen, rows, task)
     reward = (self_loglik_reward(reference_model, tokenizer, length_normalized=cfg.online.length_normalized)
-              if cfg.online.reward == "self_loglik" else judge_reward(JUDGES[cfg.judge.name]()))
+              if cfg.online.reward == "self_loglik"
+              else judge_reward(build_judge(cfg.judge.name, cfg.judge.params, policy=lambda: (model, tokenizer))))
     episodes = EPISODES[LOSSES[t.loss.name].data]
     if episodes is two_turn:
         episodes = functools.partial(two_turn, instruction=cfg.online.correction_instruction)
-    sampler = stages.SAMPLERS[gen.sampler](model, tokenizer, batch_size=gen.batch_size, progress=False)
-    return train_online(model, tokenizer, rows, out_dir, rollout=episodes(sampler, params, reward), loss=t.loss.name,
+    sampler = stages.SAMPLERS[gen.sampler](model, tokenizer, batch_size=gen.batch_size, progress=False)  # not vllm
+    summary = train_online(model, tokenizer, rows, out_dir, rollout=episodes(sampler, params, reward), loss=t.loss.name,
                         loss_params=loss_params, lr=t.lr, epochs=t.epochs, batch_size=t.batch_size,
                         grad_accum=t.grad_accum, max_length=t.max_length, warmup_ratio=t.warmup_ratio,
                         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
@@ -89,6 +84,9 @@ def train_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunConfig, 
                         checkpoint_every=t.checkpoint_every,
                         rollout_config={"sampling": dataclasses.asdict(params), "online": to_dict(cfg.online),
                                         "judge": to_dict(cfg.judge)})
+    if is_peft(model) and t.lora.merge:  # the next stages load a plain model and sample at full speed
+        save_merged(model, tokenizer, Path(out_dir) / "model")
+    return summary
 
 
 def _step_means(path: Path, keys: tuple[str, ...]) -> dict:
@@ -99,12 +97,12 @@ def _step_means(path: Path, keys: tuple[str, ...]) -> dict:
     return out | {f"{k}_mean": sum(r[k] for r in rows) / len(rows) for k in keys if all(k in r for r in rows)}
 
 
-def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: str, r: int, models, *,
+def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_path: str, r: int, models, *,
               evaluate, progress: bool = True) -> dict:
     """One on-policy round from ``model_path``; ``evaluate(model_path)`` gives the held-out metrics."""
     p, train_dir = round_dir / "prompts.jsonl", round_dir / "train"
-    run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "round": r}, [], [p],
-              lambda: stages.make_prompts(cfg.task, "train", p, seed_offset=r))
+    run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "data": task.fingerprint(), "round": r}, [], [p],
+              lambda: stages.make_prompts(task, "train", p, cfg.task.train_prompts, round=r))
     params = objective_params(cfg, r)
 
     key = {"train": to_dict(cfg.train), "loss_params": params, "online": to_dict(cfg.online),
@@ -113,9 +111,9 @@ def run_round(cfg: RunConfig, round_dir: Path, model_path: str, reference_path: 
 
     def train():
         claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint
-        reference = None if reference_path == model_path else load_model(reference_path)[0]
+        reference = None if reference_path == model_path else models.load(reference_path)[0]
         train_stage(*models.get(model_path), p, train_dir, cfg, loss_params=params, reference_model=reference,
-                    progress=progress)
+                    task=task, progress=progress)
         models.forget()  # the object in memory is now the trained model, not model_path's
 
     run_stage(round_dir, "train", key, [p], [train_dir / "model"], train)
@@ -137,17 +135,19 @@ def evaluation(cfg: RunConfig):
 
 
 def evaluate_correction(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, judge_cfg: JudgeConfig, *,
-                        instruction: str, progress: bool = True) -> dict:
+                        instruction: str, task=None, reference=None, vllm=None, progress: bool = True) -> dict:
     """Greedy attempt 1 (``stages.evaluate``), then greedy attempt 2 after ``instruction``; metrics.json
     holds attempt 1's ``accuracy`` plus ``evaluate.correction.correction_metrics``."""
     out_dir = Path(out_dir)
-    first = stages.evaluate(model, tokenizer, prompts, out_dir, cfg, judge_cfg, progress=progress)
+    first = stages.evaluate(model, tokenizer, prompts, out_dir, cfg, judge_cfg, task=task, vllm=vllm,
+                            progress=progress)
     answers = read_jsonl(out_dir / "answers.jsonl")
     second_prompts = write_jsonl(out_dir / "second_prompts.jsonl", [
         {**{k: v for k, v in row.items() if k not in ("completions", "sampling")},
          "messages": correction_messages(row["messages"], row["completions"][0]["text"], instruction)}
         for row in answers])
-    stages.evaluate(model, tokenizer, second_prompts, out_dir / "second", cfg, judge_cfg, progress=progress)
+    stages.evaluate(model, tokenizer, second_prompts, out_dir / "second", cfg, judge_cfg, task=task, vllm=vllm,
+                    progress=progress)
     correct1 = [bool(j["correct"][0]) for j in read_jsonl(out_dir / "judgments.jsonl")]
     correct2 = [bool(j["correct"][0]) for j in read_jsonl(out_dir / "second" / "judgments.jsonl")]
     metrics = {**first, **correction_metrics(correct1, correct2)}

@@ -19,12 +19,13 @@ from rich.table import Table
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title="ratchet: held-out accuracy per round")
-    for col in ("round", "held-out accuracy", "pass@1 (samples)", "pass@k", "balance", "pairs", "train loss", "kept"):
+    metric = summary.get("metric", "accuracy")
+    table = Table(title=f"ratchet: held-out {metric} per round")
+    for col in ("round", f"held-out {metric}", "pass@1 (samples)", "pass@k", "balance", "pairs", "train loss", "kept"):
         table.add_column(col, justify="right")
     for r in summary["rounds"]:
         fmt = lambda k, f="{:.3f}": f.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
-        table.add_row(str(r["round"]), fmt("accuracy"), fmt("pass_at_1"), fmt("pass_at_k"), fmt("balance_score"),
+        table.add_row(str(r["round"]), fmt(metric), fmt("pass_at_1"), fmt("pass_at_k"), fmt("balance_score"),
                       fmt("pairs_kept", "{}"),
                       fmt("train_loss", "{:.4f}"), "yes" if r.get("kept") else "no (rolled back)")
     Console().print(table)

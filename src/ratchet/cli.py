@@ -1,6 +1,7 @@
-"""The ``ratchet`` command: parse arguments, build the config, call one function. No logic here.
+"""ratchet: make a language model improve itself from its own outputs, and prove the gain.
 
     ratchet models                                   known model names
+    ratchet config [RECIPE] [--list]                 every key: type, default, value, doc (bundled recipes)
     ratchet demo [key=value ...]                     one round on the embedded model, before/after table
     ratchet loop RECIPE.yaml [key=value ...]         rounds with the ratchet gate
     ratchet revise   --model M --revisions N --input P --out F   draft, then N self-revisions
@@ -23,13 +24,25 @@ Every command takes ``--recipe R.yaml`` and trailing ``key=value`` overrides (do
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+from ratchet import __version__
 from ratchet.config import ConfigError, RunConfig, load_config, save_config
+from ratchet.console import configure_threads, quiet_libraries
 from ratchet.data.records import RecordError
 from ratchet.loop.manifest import StaleStageError
 from ratchet.models import ModelNotFoundError
+
+
+DEMO_RECIPE = "arithmetic-dpo"
+
+
+def _config(args, cfg: RunConfig) -> None:
+    from ratchet.config import bundled_recipes, describe
+
+    print("\n".join(bundled_recipes()) if args.list else describe(cfg))
 
 
 def _models(args, cfg: RunConfig) -> None:
@@ -191,62 +204,90 @@ def _export(args, cfg):
     print(export_pairs(Path(args.pairs), Path(args.out), format=args.format))
 
 
+MODEL = ("--model", dict(required=True, help="model: a known name (ratchet models), a model directory or a hub id"))
+OUT_FILE = ("--out", dict(required=True, help="output JSONL file (its resolved config is saved beside it)"))
 COMMANDS = {
-    "models": (_models, []),
-    "demo": (_loop, []),
-    "loop": (_loop, [("recipe_pos", dict(nargs="?", help="recipe YAML"))]),
-    "revise": (_revise, [("--model", dict(required=True)), ("--revisions", dict(type=int, default=None)),
-                         ("--input", dict(required=True)), ("--out", dict(required=True))]),
-    "compare-revisions": (_compare_revisions, [("--pairs", dict(default=None, help="pairs JSONL to train both on "
-                                                                 "(default: generate -> judge -> pair)"))]),
-    "report": (_report, [("run", dict(help="run directory, e.g. runs/arithmetic-dpo"))]),
-    "prompts": (_prompts, [("--split", dict(choices=["train", "heldout"], default="train")), ("--out", dict(required=True)),
-                           ("--round", dict(type=int, default=1, help="which round's training draw (default 1)"))]),
-    "generate": (_generate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
-                             ("--out", dict(required=True))]),
-    "judge": (_judge, [("--completions", dict(required=True)), ("--out", dict(required=True)),
-                       ("--model", dict(default=None, help="the policy, for a judge that is the policy itself "
-                                                           "(judge.name=llm, judge.params.model=policy)"))]),
-    "self-score": (_self_score, [("--model", dict(required=True)), ("--completions", dict(required=True)),
-                                 ("--out", dict(required=True))]),
-    "pair": (_pair, [("--completions", dict(required=True)), ("--judgments", dict(required=True)),
-                     ("--out", dict(required=True)),
-                     ("--self-scores", dict(default=None, help="self-score rows (for pair.selection: self_loglik)"))]),
-    "train": (_train, [("--model", dict(required=True)), ("--pairs", dict(required=True)),
-                       ("--out", dict(required=True)), ("--skip-invalid", dict(action="store_true")),
-                       ("--resume", dict(action="store_true",
-                                         help="continue from the newest checkpoint in OUT/checkpoints"))]),
-    "evaluate": (_evaluate, [("--model", dict(required=True)), ("--prompts", dict(required=True)),
-                             ("--out", dict(required=True))]),
-    "export": (_export, [("--pairs", dict(default=None, help="pairs JSONL (ratchet's or TRL's formats)")),
-                         ("--format", dict(choices=["trl"], default="trl")), ("--out", dict(default=None)),
-                         ("--model", dict(default=None, help="a model directory, a run directory or <run>/best")),
-                         ("--to", dict(default=None, help="where the exported model directory goes")),
-                         ("--push-to-hub", dict(default=None, help="hub repo id to upload it to (online)"))]),
+    "models": (_models, "list the known model names", []),
+    "demo": (_loop, "one self-improvement round of the embedded model on arithmetic (the demo recipe)", []),
+    "loop": (_loop, "rounds of generate -> judge -> pair -> train -> evaluate, kept only if the held-out metric holds",
+             [("recipe_pos", dict(nargs="?", help="recipe YAML, or the name of a bundled recipe (ratchet config --list)"))]),
+    "config": (_config, "every config key with its type, default, value and doc (for a recipe, if given)",
+               [("recipe_pos", dict(nargs="?", help="recipe YAML or bundled recipe name")),
+                ("--list", dict(action="store_true", help="list the bundled recipes instead"))]),
+    "revise": (_revise, "draft, then N self-revisions by the same model (SRPO's inference)",
+               [MODEL, ("--revisions", dict(type=int, default=None, help="revision steps (default: revise.revisions)")),
+                ("--input", dict(required=True, help="prompts JSONL")), OUT_FILE]),
+    "compare-revisions": (_compare_revisions, "train DPO and SRPO on the same pairs; accuracy per revision step",
+                          [("--pairs", dict(default=None, help="pairs JSONL to train both on "
+                                                                "(default: generate -> judge -> pair)"))]),
+    "report": (_report, "regenerate a run's report.html and print its summary table",
+               [("run", dict(help="run directory, e.g. runs/arithmetic-dpo"))]),
+    "prompts": (_prompts, "write the task's prompts (a training round's draw, or the held-out split)",
+                [("--split", dict(choices=["train", "heldout"], default="train", help="which split (default train)")),
+                 OUT_FILE, ("--round", dict(type=int, default=1, help="which round's training draw (default 1)"))]),
+    "generate": (_generate, "sample generate.k completions per prompt",
+                 [MODEL, ("--prompts", dict(required=True, help="prompts JSONL")), OUT_FILE]),
+    "judge": (_judge, "score every completion with the recipe's judge",
+              [("--completions", dict(required=True, help="completions JSONL")), OUT_FILE,
+               ("--model", dict(default=None, help="the policy, for a judge that is the policy itself "
+                                                   "(judge.name=llm, judge.params.model=policy)"))]),
+    "self-score": (_self_score, "the model's own log-likelihood of each of its samples (SFT-sharpening)",
+                   [MODEL, ("--completions", dict(required=True, help="completions JSONL")), OUT_FILE]),
+    "pair": (_pair, "turn judged completions into preference pairs (or SFT / unpaired rows, by objective)",
+             [("--completions", dict(required=True, help="completions JSONL")),
+              ("--judgments", dict(required=True, help="judgments JSONL")), OUT_FILE,
+              ("--self-scores", dict(default=None, help="self-score rows (for pair.selection: self_loglik)"))]),
+    "train": (_train, "train on a pairs file (ratchet's or TRL's preference formats)",
+              [MODEL, ("--pairs", dict(required=True, help="pairs JSONL")),
+               ("--out", dict(required=True, help="output directory (model/, metrics, checkpoints)")),
+               ("--skip-invalid", dict(action="store_true", help="skip (and count) rows that do not fit, "
+                                                                  "instead of stopping at the first")),
+               ("--resume", dict(action="store_true", help="continue from the newest checkpoint in OUT/checkpoints"))]),
+    "evaluate": (_evaluate, "greedy answers to held-out prompts, judged; the held-out metric",
+                 [MODEL, ("--prompts", dict(required=True, help="prompts JSONL")),
+                  ("--out", dict(required=True, help="output directory (answers, judgments, metrics.json)"))]),
+    "export": (_export, "pairs in TRL's format, or a run's model as a standard model directory with a card",
+               [("--pairs", dict(default=None, help="pairs JSONL (ratchet's or TRL's formats)")),
+                ("--format", dict(choices=["trl"], default="trl", help="pairs format to write (default trl)")),
+                ("--out", dict(default=None, help="with --pairs: the output JSONL")),
+                ("--model", dict(default=None, help="a model directory, a run directory or <run>/best")),
+                ("--to", dict(default=None, help="with --model: where the exported model directory goes")),
+                ("--push-to-hub", dict(default=None, help="hub repo id to upload it to (online)"))]),
 }
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ratchet", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, (_, arguments) in COMMANDS.items():
-        s = sub.add_parser(name)
+    p.add_argument("--version", action="version", version=f"ratchet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, description, arguments) in COMMANDS.items():
+        s = sub.add_parser(name, help=description, description=description)
         for flag, kw in arguments:
             s.add_argument(flag, **kw)
-        s.add_argument("--recipe", help="recipe YAML (defaults are the demo's)")
-        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-5")
+        if name != "config":
+            s.add_argument("--recipe", help="recipe YAML or bundled recipe name (default: the built-in defaults)")
+        s.add_argument("--verbose", action="store_true", help="show the libraries' own loading messages too")
+        s.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys, e.g. train.lr=1e-5")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    recipe = getattr(args, "recipe_pos", None) or args.recipe
+    quiet_libraries(verbose=args.verbose)
+    recipe = getattr(args, "recipe_pos", None) or getattr(args, "recipe", None)
+    if args.command == "demo" and recipe is None:
+        recipe = DEMO_RECIPE  # `ratchet demo` runs exactly what `make demo` runs
     overrides = list(args.overrides)
     if recipe and "=" in recipe:  # `ratchet loop rounds=3` without a recipe
         overrides, recipe = [recipe] + overrides, None
+    note = configure_threads()  # before torch loads: a busy core must not stall every OpenMP barrier
+    if note and args.command in ("demo", "loop", "generate", "train", "evaluate", "revise", "self-score"):
+        print(note, file=sys.stderr)
     try:
         cfg = load_config(recipe, overrides)
+        if getattr(args, "model", None) and args.command != "export":  # the saved config names what ran
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=args.model))
         COMMANDS[args.command][0](args, cfg)
     except ConfigError as e:
         print(f"ratchet: config error: {e}", file=sys.stderr)

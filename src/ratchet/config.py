@@ -491,7 +491,7 @@ class RunConfig:
     rounds: int = 1
     """Self-improvement rounds."""
     gate_tolerance: float = 0.0
-    """A round is kept if its held-out accuracy >= best so far - gate_tolerance."""
+    """A round is kept if its held-out metric >= best so far - gate_tolerance."""
     task: TaskConfig = field(default_factory=TaskConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -596,11 +596,27 @@ def _apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
+RECIPES = Path(__file__).with_name("recipes")
+"""The bundled recipes (``recipes/`` in a checkout links here), usable by name: ``ratchet loop arithmetic-dpo``."""
+
+
+def bundled_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(path: str | Path) -> Path:
+    """A recipe file, or a bundled recipe's name (with or without ``.yaml``)."""
+    p = Path(path)
+    if not p.is_file() and p.parent == Path(".") and (RECIPES / f"{p.stem}.yaml").is_file():
+        return RECIPES / f"{p.stem}.yaml"
+    return p
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = RunConfig) -> Any:
-    """Load ``cls`` from a YAML file (optional) and ``key=value`` overrides (dotted keys)."""
+    """Load ``cls`` from a YAML file or bundled recipe name (optional) and ``key=value`` overrides (dotted keys)."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
+        p = recipe_path(path)
         if not p.is_file():
             raise ConfigError(f"recipe file {p} does not exist")
         try:
@@ -634,3 +650,42 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing: every key with its type, default, value and doc (``ratchet config``)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass: the string literal right after each field."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body, docs = tree.body[0].body, {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def describe(cfg: Any, prefix: str = "") -> str:
+    """Every leaf key of ``cfg`` as ``key: type = default  (now: value)`` and its doc, in recipe order."""
+    lines = []
+    defaults, docs, hints = type(cfg)(), field_docs(type(cfg)), typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, LossConfig):
+            lines.append(describe(value, f"{prefix}{f.name}."))
+            continue
+        shown = {"name": value.name, **value.params} if isinstance(value, LossConfig) else value
+        default = getattr(defaults, f.name)
+        default = {"name": default.name, **default.params} if isinstance(default, LossConfig) else default
+        kind = getattr(hints[f.name], "__name__", str(hints[f.name])).replace("typing.", "")
+        now = "" if shown == default else f"  (now: {shown!r})"
+        lines.append(f"{prefix}{f.name}: {kind} = {default!r}{now}")
+        if docs.get(f.name):
+            lines.append(f"    {docs[f.name]}")
+    return "\n".join(lines)

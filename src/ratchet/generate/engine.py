@@ -234,8 +234,10 @@ def preview(messages: Messages, width: int = 60) -> str:
 class _Progress:
     """A bar over prompts (one step when all k samples of a prompt are done), with tokens/s."""
 
-    def __init__(self, prompts: int, k: int, enabled: bool):
-        self.bar = tqdm(total=prompts, desc="generate", unit="prompt", disable=not enabled)
+    def __init__(self, prompts: int, k: int, enabled: bool | str):
+        # a string names the bar ("sampling", "evaluating"): the loop shows which stage it is
+        self.bar = tqdm(total=prompts, desc=enabled if isinstance(enabled, str) else "generate", unit="prompt",
+                        disable=not enabled)
         self.left = [k] * prompts
         self.tokens = 0
 

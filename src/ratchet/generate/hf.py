@@ -62,7 +62,8 @@ class HFSampler:
         per_batch = max(1, self.batch_size // params.k)
         out: list[list[Sample]] = [[] for _ in prompts]
         pad = self.tokenizer.pad_token_id
-        bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not self.progress)
+        bar = tqdm(total=len(prompts), desc=self.progress if isinstance(self.progress, str) else "generate",
+                   unit="prompt", disable=not self.progress)
         tokens = 0
         for b, start in enumerate(range(0, len(order), per_batch)):
             idx = order[start:start + per_batch]

@@ -11,6 +11,7 @@ checkpoints) only when it is run again with the same config.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -54,6 +55,24 @@ def claim(directory: Path, config: dict) -> None:
     write_json(marker, wanted)
 
 
+_observers: list[Callable[[str, bool], None]] = []
+
+
+@contextlib.contextmanager
+def watch(observer: Callable[[str, bool], None]):
+    """Call ``observer(stage, skipped)`` as each stage starts or is skipped (the loop's status line)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
+def _tell(stage: str, skipped: bool) -> None:
+    for observer in _observers:
+        observer(stage, skipped)
+
+
 def run_stage(round_dir: Path, stage: str, config: dict, inputs: list[Path], outputs: list[Path],
               fn: Callable[[], object]) -> bool:
     """Run ``fn`` unless this stage already finished with the same config and inputs.
@@ -73,7 +92,9 @@ def run_stage(round_dir: Path, stage: str, config: dict, inputs: list[Path], out
                 f"({'; '.join(changes) or 'inputs differ'}). Use a new run name, or delete {round_dir} "
                 "to redo it.")
         if all(Path(p).exists() and file_hash(Path(p)) == h for p, h in done["outputs"].items()):
+            _tell(stage, True)
             return False
+    _tell(stage, False)
     started = time.time()
     fn()
     manifest = _load(manifest_path)  # fn may have run nested stages

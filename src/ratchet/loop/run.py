@@ -33,7 +33,8 @@ from ratchet.data.records import read_jsonl, write_json
 from ratchet.data.selection import SELECTIONS
 from ratchet.evaluate.bstar import bstar_metrics
 from ratchet.loop import stages
-from ratchet.loop.manifest import claim, run_stage, stage_seconds
+from ratchet.console import LoopStatus
+from ratchet.loop.manifest import claim, run_stage, stage_seconds, watch
 from ratchet.loop.trackers import RoundLog
 from ratchet.losses import LOSSES
 from ratchet.models import load_model, resolve_model
@@ -113,7 +114,8 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
     run_stage(round_dir, "generate", {"generate": to_dict(gen), "model": model_id(model_path)}, [p], [c],
               lambda: stages.generate(*models.get(model_path), p, c, gen, task=task, progress=progress))
     judge_key = {"judge": to_dict(cfg.judge)} | ({"model": model_id(model_path)} if _uses_policy(cfg) else {})
-    run_stage(round_dir, "judge", judge_key, [c], [j], lambda: stages.judge(c, j, cfg.judge, policy=policy))
+    run_stage(round_dir, "judge", judge_key, [c], [j],
+              lambda: stages.judge(c, j, cfg.judge, policy=policy, progress=progress))
     scores = None
     if LOSSES[cfg.train.loss.name].data == "sft" and SELECTIONS[cfg.pair.selection].self_scored:
         scores = round_dir / "self_scores.jsonl"  # SFT-sharpening: log pi(y|x) under the sampling model
@@ -181,6 +183,12 @@ def _keep(m: dict, best: float, tolerance: float) -> bool:
 
 
 def run_loop(cfg: RunConfig, *, progress: bool = True) -> dict:
+    status = LoopStatus(cfg.rounds, enabled=progress)
+    with watch(status.stage):
+        return _run_loop(cfg, status, progress=progress)
+
+
+def _run_loop(cfg: RunConfig, status: LoopStatus, *, progress: bool) -> dict:
     start = time.time()
     task = stages.make_task(cfg.task)
     task.check()  # a missing file or column fails here, before any model loads
@@ -198,9 +206,12 @@ def run_loop(cfg: RunConfig, *, progress: bool = True) -> dict:
     trackers = RoundLog(cfg.log.report_to, run_dir, cfg.name, to_dict(cfg))
     trackers.log(rounds[0], step=0)
     best = heldout_value(base)
+    status.set_metric(metric, best)
     for r in range(1, cfg.rounds + 1):
+        status.begin_round(r)
         reference = initial if cfg.train.reference == "initial" else best_path
         m = run_round(cfg, task, run_dir / f"round_{r}", best_path, reference, heldout, r, models, progress=progress)
+        status.set_metric(metric, heldout_value(m))
         kept = _keep(m, best, cfg.gate_tolerance)
         if kept:
             best, best_path = max(best, heldout_value(m)), str(run_dir / f"round_{r}" / "train" / "model")

@@ -74,8 +74,10 @@ def stop_strings(explicit: list[str] | None, task: Task | None, rows: list[dict]
 
 
 def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *, task: Task | None = None,
-             progress: bool = True) -> Path:
+             progress: bool | str = True) -> Path:
+    """``cfg.k`` completions of every prompt; ``progress``: a bar (named by a string, else "sampling")."""
     rows = read_jsonl(prompts, required=("id", "messages"))
+    progress = "sampling" if progress is True else progress
     params = SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens, stop=stop_strings(cfg.stop, task, rows), seed=cfg.seed)
     with open_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.batch_size, progress=progress,
@@ -129,13 +131,15 @@ def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: Gener
     return result
 
 
-def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None) -> Path:
+def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None, progress: bool = False) -> Path:
     """Every completion scored by ``cfg``'s judge; ``policy`` () -> (model, tokenizer) for a judge that
     is the policy itself (``llm`` with ``model: policy``)."""
+    from tqdm.auto import tqdm
+
     judge_ = build_judge(cfg.name, cfg.params, policy=policy)
     rows = read_jsonl(completions, required=("id", "completions"))
     out_rows = []
-    for row in rows:
+    for row in tqdm(rows, desc="judging", unit="prompt", disable=not progress):
         verdicts = judge_.judge(row, [c["text"] for c in row["completions"]])
         out_rows.append({"id": row["id"], "scores": [v.score for v in verdicts],
                          "correct": [v.correct for v in verdicts], "details": [v.detail for v in verdicts]})
@@ -276,7 +280,8 @@ def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, ju
     out_dir = Path(out_dir)
     gen = GenerateConfig(sampler=cfg.sampler, k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                          batch_size=cfg.batch_size, vllm=dict(vllm or {}))
-    answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, task=task, progress=progress)
+    answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, task=task,
+                       progress="evaluating" if progress else False)
     j = eval_judge(cfg, judge_cfg)
     metric = j.metric if j.metric != "auto" else judge_metric(j.name, j.params)
     policy = lambda: (model, tokenizer)  # noqa: E731  (a judge that is the policy judges the model evaluated)

@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Callable
 
 from ratchet import __version__
 from ratchet.config import ConfigError, RunConfig, load_config, save_config
@@ -82,18 +83,27 @@ def _report(args, cfg: RunConfig) -> None:
     print(write_report(run, summary))
 
 
-def _stage_output(path: str, cfg: RunConfig) -> Path:
+def _compare(args, cfg: RunConfig) -> None:
+    from ratchet.loop.compare_runs import compare_runs
+
+    print(compare_runs(args.runs, args.out))
+
+
+def _stage_output(path: str, cfg: RunConfig) -> tuple[Path, Callable[[], None]]:
+    """The stage's output path, and a function that saves the resolved config beside it (inside an
+    output directory). Call it after the stage succeeded: a failed run leaves a finished one's config."""
     out = Path(path)
-    save_config(cfg, (out if not out.suffix else out.parent) / f"{out.stem}.config.yaml")
-    return out
+    return out, lambda: save_config(cfg, (out if not out.suffix else out.parent) / f"{out.stem}.config.yaml")
 
 
 def _prompts(args, cfg):
     from ratchet.loop import stages
 
     n = cfg.task.train_prompts if args.split == "train" else cfg.task.heldout_prompts
-    print(stages.make_prompts(stages.make_task(cfg.task), args.split, _stage_output(args.out, cfg), n,
-                              round=args.round))
+    out, save = _stage_output(args.out, cfg)
+    written = stages.make_prompts(stages.make_task(cfg.task), args.split, out, n, round=args.round)
+    save()
+    print(written)
 
 
 def _file_task(cfg):
@@ -109,8 +119,10 @@ def _generate(args, cfg):
     from ratchet.models import load_model
 
     model, tok = load_model(args.model, **cfg.model.load_options())
-    print(stages.generate(model, tok, Path(args.prompts), _stage_output(args.out, cfg), cfg.generate,
-                          task=_file_task(cfg)))
+    out, save = _stage_output(args.out, cfg)
+    written = stages.generate(model, tok, Path(args.prompts), out, cfg.generate, task=_file_task(cfg))
+    save()
+    print(written)
 
 
 def _judge(args, cfg):
@@ -118,14 +130,20 @@ def _judge(args, cfg):
     from ratchet.models import load_model
 
     policy = (lambda: load_model(args.model, **cfg.model.load_options())) if args.model else None
-    print(stages.judge(Path(args.completions), _stage_output(args.out, cfg), cfg.judge, policy=policy))
+    out, save = _stage_output(args.out, cfg)
+    written = stages.judge(Path(args.completions), out, cfg.judge, policy=policy)
+    save()
+    print(written)
 
 
 def _pair(args, cfg):
     from ratchet.loop import stages
 
-    print(stages.pair(Path(args.completions), Path(args.judgments), _stage_output(args.out, cfg), cfg.pair,
-                      loss=cfg.train.loss.name, self_scores=Path(args.self_scores) if args.self_scores else None))
+    out, save = _stage_output(args.out, cfg)
+    written = stages.pair(Path(args.completions), Path(args.judgments), out, cfg.pair, loss=cfg.train.loss.name,
+                          self_scores=Path(args.self_scores) if args.self_scores else None)
+    save()
+    print(written)
 
 
 def _self_score(args, cfg):
@@ -133,18 +151,22 @@ def _self_score(args, cfg):
     from ratchet.models import load_model
 
     model, tok = load_model(args.model, **cfg.model.load_options())
-    print(stages.self_score(model, tok, Path(args.completions), _stage_output(args.out, cfg),
-                            batch_size=cfg.generate.batch_size))
+    out, save = _stage_output(args.out, cfg)
+    written = stages.self_score(model, tok, Path(args.completions), out, batch_size=cfg.generate.batch_size)
+    save()
+    print(written)
 
 
 def _train(args, cfg):
     from ratchet.loop import stages
     from ratchet.models import load_model
+    from ratchet.train.batches import SKIP_HINT
 
     model, tok = load_model(args.model, **cfg.model.load_options())
-    out = _stage_output(args.out, cfg)
+    out, save = _stage_output(args.out, cfg)
     summary = stages.train(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid,
-                           revision_template=cfg.revise.template, resume=args.resume)
+                           revision_template=cfg.revise.template, resume=args.resume, invalid_hint=SKIP_HINT)
+    save()
     print(f"train: {summary['pairs']} pairs, {summary['steps']} steps, final loss {summary['final'].get('loss')}, "
           f"skipped {summary['skipped']}, truncated {summary['truncated']} -> {out / 'model'}")
 
@@ -154,14 +176,16 @@ def _evaluate(args, cfg):
     from ratchet.models import load_model
 
     model, tok = load_model(args.model, **cfg.model.load_options())
-    out = _stage_output(args.out, cfg)
+    out, save = _stage_output(args.out, cfg)
     if cfg.revise.revisions > 0:
         m = stages.evaluate_revisions(model, tok, Path(args.prompts), out, cfg.revise, cfg.evaluate, cfg.judge,
                                       task=_file_task(cfg))
+        save()
         steps = " ".join(f"{a:.3f}" for a in m["accuracy_per_revision"])
         print(f"evaluate: accuracy per revision {steps} (n={m['n']})")
         return
     m = stages.evaluate(model, tok, Path(args.prompts), out, cfg.evaluate, cfg.judge, task=_file_task(cfg))
+    save()
     extra = f" ({m['correct']}/{m['n']})" if m["metric"] == "accuracy" else f" (n={m['n']})"
     print(f"evaluate: {m['metric']} {m[m['metric']]:.3f}{extra}")
 
@@ -175,8 +199,10 @@ def _revise(args, cfg):
     if args.revisions is not None:
         cfg = dataclasses.replace(cfg, revise=dataclasses.replace(cfg.revise, revisions=args.revisions))
     model, tok = load_model(args.model, **cfg.model.load_options())
-    print(stages.revise(model, tok, Path(args.input), _stage_output(args.out, cfg), cfg.revise, cfg.evaluate,
-                        task=_file_task(cfg)))
+    out, save = _stage_output(args.out, cfg)
+    written = stages.revise(model, tok, Path(args.input), out, cfg.revise, cfg.evaluate, task=_file_task(cfg))
+    save()
+    print(written)
 
 
 def _compare_revisions(args, cfg):
@@ -222,6 +248,10 @@ COMMANDS = {
                                                                 "(default: generate -> judge -> pair)"))]),
     "report": (_report, "regenerate a run's report.html and print its summary table",
                [("run", dict(help="run directory, e.g. runs/arithmetic-dpo"))]),
+    "compare": (_compare, "runs side by side: held-out metric per round with its interval, kept rounds, minutes",
+                [("runs", dict(nargs="+", help="run directories, e.g. runs/arithmetic-dpo runs/arithmetic-kto")),
+                 ("--out", dict(default="compare.html", help="the HTML page with the table and plot "
+                                                             "(default compare.html)"))]),
     "prompts": (_prompts, "write the task's prompts (a training round's draw, or the held-out split)",
                 [("--split", dict(choices=["train", "heldout"], default="train", help="which split (default train)")),
                  OUT_FILE, ("--round", dict(type=int, default=1, help="which round's training draw (default 1)"))]),

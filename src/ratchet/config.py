@@ -178,6 +178,9 @@ class GenerateConfig:
         for key in ("k", "max_new_tokens", "batch_size"):
             _at_least(f"generate.{key}", getattr(self, key), 1)
         _at_least("generate.temperature", self.temperature, 0)  # 0 is greedy
+        if self.temperature == 0 and self.k > 1:
+            raise ConfigError(f"generate.temperature: 0 (greedy) gives {self.k} identical completions per prompt; "
+                              "use a temperature > 0, or generate.k=1")
         if not 0 < self.top_p <= 1:  # top_p 0 keeps no token
             raise ConfigError(f"generate.top_p: expected a probability in (0, 1], got {self.top_p!r}")
         if any(t <= 0 for t in self.temperature_grid):  # greedy would give k copies of one answer
@@ -332,6 +335,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.reference not in ("previous", "initial"):
             raise ConfigError(f"train.reference: expected 'previous' or 'initial', got {self.reference!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):  # lr 0 trains nothing, a negative one unlearns
+            raise ConfigError(f"train.lr: expected a finite number > 0, got {self.lr!r}")
+        for key in ("epochs", "batch_size", "grad_accum", "max_length"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"train.warmup_ratio: expected a fraction in [0, 1], got {self.warmup_ratio!r}")
+        for key in ("weight_decay", "max_grad_norm", "checkpoint_every"):  # max_grad_norm / checkpoint_every 0: off
+            _at_least(f"train.{key}", getattr(self, key), 0)
 
     loss: LossConfig = field(default_factory=LossConfig)
     """Objective and its parameters."""
@@ -503,7 +514,9 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        """Fill in the task's default judge, then check the judges against it."""
+        """Check the counts, fill in the task's default judge, then check the judges against it."""
+        _at_least("rounds", self.rounds, 1)
+        _at_least("gate_tolerance", self.gate_tolerance, 0)
         if self.judge.name is None:
             from ratchet.tasks.builtin import BUILTIN
 
@@ -647,9 +660,11 @@ def to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config (every default filled in) as YAML."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config (every default filled in) as YAML, atomically (``records.atomic_open``)."""
+    from ratchet.data.records import atomic_open
+
+    with atomic_open(path) as f:
+        f.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ import math
 import random
 from typing import Callable
 
+from ratchet.data.records import RecordError
+
 _FINISHED = ("stop", "eos")
 
 
@@ -204,7 +206,7 @@ def gold_vs_samples(row: dict, judged: dict, *, max_pairs: int, rng: random.Rand
     ``max_pairs``. Unlike DNO, a sample that beats the gold is never made the chosen one."""
     gold = row.get("gold", row.get("answer"))
     if gold is None:
-        raise ValueError(f"gold_vs_samples: prompt {row['id']!r} has neither 'gold' nor 'answer'")
+        raise RecordError(f"gold_vs_samples: prompt {row['id']!r} has neither 'gold' nor 'answer'")
     scores, texts = judged["scores"], _texts(row)
     gold_text = gold_template.format(gold=gold)
     worse = [j for j in range(len(scores)) if scores[j] <= gold_score - margin and texts[j] != gold_text]
@@ -254,11 +256,11 @@ def dstc(row: dict, judged: dict, *, max_pairs: int, rng: random.Random, concat:
     Needs ``row["tests"]`` and ``judged["details"][j]["passed"]`` (see the module docstring)."""
     details = judged.get("details") or []
     if "tests" not in row or not details or not all(isinstance(d, dict) and "passed" in d for d in details):
-        raise ValueError(f"dstc: prompt {row['id']!r} needs row['tests'] and judged['details'][j]['passed'] "
+        raise RecordError(f"dstc: prompt {row['id']!r} needs row['tests'] and judged['details'][j]['passed'] "
                          "(the dstc judge's pass matrix)")
     matrix, tests, codes = [d["passed"] for d in details], row["tests"], row["completions"]
     if len(matrix) != len(codes) or any(len(r) != len(tests) for r in matrix):
-        raise ValueError(f"dstc: prompt {row['id']!r}: the pass matrix must be {len(codes)} codes x "
+        raise RecordError(f"dstc: prompt {row['id']!r}: the pass matrix must be {len(codes)} codes x "
                          f"{len(tests)} tests")
     picked = dstc_select(matrix)
     if picked is None or max_pairs < 1:
@@ -353,21 +355,24 @@ def _check_params(kind: str, name: str, fn: Callable, params: dict, fixed: tuple
 
 
 def _matched(completions: list[dict], judgments: list[dict]):
-    """(row, judged) in completions order; rows are matched by ``id``."""
+    """(row, judged) in completions order; rows are matched by ``id`` (a mismatch is a ``RecordError``)."""
     by_id = {j["id"]: j for j in judgments}
     for n, row in enumerate(completions, start=1):
         judged = by_id.get(row["id"])
         if judged is None:
-            raise ValueError(f"completions row {n} (id {row['id']!r}) has no judgment")
+            raise RecordError(f"completions row {n} (id {row['id']!r}) has no judgment")
         if len(judged["scores"]) != len(row["completions"]):
-            raise ValueError(f"id {row['id']!r}: {len(row['completions'])} completions but "
-                             f"{len(judged['scores'])} scores")
+            raise RecordError(f"id {row['id']!r}: {len(row['completions'])} completions but "
+                              f"{len(judged['scores'])} scores")
         yield row, judged
 
 
 def build_pairs(completions: list[dict], judgments: list[dict], *, strategy: str, max_pairs_per_prompt: int,
-                seed: int = 0, **strategy_params) -> list[dict]:
-    """Apply ``strategy`` with ``strategy_params`` to every prompt; rows are matched by ``id``."""
+                seed: int = 0, counts: dict | None = None, **strategy_params) -> list[dict]:
+    """Apply ``strategy`` with ``strategy_params`` to every prompt; rows are matched by ``id``. A
+    pair whose chosen text equals its rejected one (two samples alike but scored apart) is dropped:
+    it carries no preference, and DPO-style losses sit at log 2 on it. ``counts``, if given, gets
+    ``{"identical": how many were dropped}``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown pair strategy {strategy!r}; expected one of {sorted(STRATEGIES)}")
     fn = STRATEGIES[strategy]
@@ -376,7 +381,10 @@ def build_pairs(completions: list[dict], judgments: list[dict], *, strategy: str
     pairs = []
     for row, judged in _matched(completions, judgments):
         pairs += fn(row, judged, max_pairs=max_pairs_per_prompt, rng=rng, **strategy_params)
-    return pairs
+    kept = [p for p in pairs if p["chosen"] != p["rejected"]]
+    if counts is not None:
+        counts["identical"] = len(pairs) - len(kept)
+    return kept
 
 
 # --- unpaired examples (KTO) ------------------------------------------------------------------

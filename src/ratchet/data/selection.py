@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ratchet.data.pairing import _check_params, _correct, _distinct, _matched, _texts, is_complete
+from ratchet.data.records import RecordError
 
 
 def _argmax(values: list[float], candidates: list[int], rng: random.Random) -> int:
@@ -75,7 +76,7 @@ def self_loglik(row: dict, judged: dict, *, max_rows: int, rng: random.Random,
         return []
     missing = [i for i, c in enumerate(comps) if not isinstance(c.get("logprob"), (int, float))]
     if missing:
-        raise ValueError(f"self_loglik: prompt {row['id']!r}: completion(s) {missing} have no 'logprob'; "
+        raise RecordError(f"self_loglik: prompt {row['id']!r}: completion(s) {missing} have no 'logprob'; "
                          "score them with the model first (loop.stages.self_score, attach_logprobs)")
     values = [c["logprob"] / max(c.get("logprob_tokens", 1), 1) if length_normalized else c["logprob"]
               for c in comps]

@@ -102,3 +102,18 @@ def heldout_metric(metric: str | None, correct: Sequence[bool | None], scores: S
             raise ValueError(f"{judge} gave a non-finite score to a held-out answer")
         return {"metric": "mean_score", "mean_score": float(x.mean()), "std": float(x.std()), "n": len(x)}
     raise ValueError(f"unknown held-out metric {metric!r}; expected accuracy or mean_score here")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a proportion of ``successes`` out of ``n`` (default z: 95%).
+
+    Unlike the normal approximation p +- z*sqrt(p(1-p)/n) it stays inside [0, 1] and does not
+    collapse to a point at 0 or n successes, which matters for small held-out sets."""
+    if not (n >= 1 and 0 <= successes <= n):
+        raise ValueError(f"wilson_interval needs n >= 1 and 0 <= successes <= n, got {successes}/{n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # the interval always holds p; clamping keeps rounding (p = 1 gives 0.9999...) from saying otherwise
+    return max(0.0, min(p, float(center - half))), min(1.0, max(p, float(center + half)))

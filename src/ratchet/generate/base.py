@@ -9,7 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from ratchet.data.records import RecordError
+
 Messages = list[dict[str, str]]  # [{"role": "user", "content": "..."}], as in chat templates
+
+
+class PromptTooLongError(RecordError):
+    """A prompt that leaves no room for ``max_new_tokens`` in the model's context: an input row that
+    does not fit, raised before anything is sampled (a ``RecordError``: the CLI prints one line).
+    ``index``: the prompt's position in the batch."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass(frozen=True)

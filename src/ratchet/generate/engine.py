@@ -34,7 +34,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from ratchet.data.tokenize import prompt_ids
-from ratchet.generate.base import Messages, Sample, SamplingParams
+from ratchet.generate.base import Messages, PromptTooLongError, Sample, SamplingParams
 from ratchet.generate.hf import cut_at_stop
 from ratchet.generate.stops import stop_token_ids
 
@@ -337,9 +337,9 @@ class CachedSampler:
         for i, messages in enumerate(prompts):
             ids = prompt_ids(self.tokenizer, messages)
             if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
-                raise ValueError(
+                raise PromptTooLongError(
                     f"prompt {i} ({preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
-                    f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens")
+                    f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens", i)
             encoded.append(ids)
         return encoded
 

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ratchet.data.tokenize import prompt_ids
-from ratchet.generate.base import Messages, Sample, SamplingParams
+from ratchet.generate.base import Messages, PromptTooLongError, Sample, SamplingParams
 from ratchet.generate.stops import stop_token_ids
 
 
@@ -37,8 +37,9 @@ class HFSampler:
         for i, messages in enumerate(prompts):
             ids = prompt_ids(self.tokenizer, messages)
             if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
-                raise ValueError(f"prompt {i} is {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} "
-                                 f"it exceeds the model's context of {self.max_context}")
+                raise PromptTooLongError(f"prompt {i} is {len(ids)} tokens; with max_new_tokens="
+                                         f"{params.max_new_tokens} it exceeds the model's context of "
+                                         f"{self.max_context}", i)
             encoded.append(ids)
         return encoded
 

@@ -20,7 +20,7 @@ import hashlib
 from typing import Any, Collection, Sequence
 
 from ratchet.data.tokenize import prompt_ids
-from ratchet.generate.base import Messages, Sample, SamplingParams
+from ratchet.generate.base import Messages, PromptTooLongError, Sample, SamplingParams
 from ratchet.generate.engine import preview
 from ratchet.generate.hf import cut_at_stop
 from ratchet.generate.stops import stop_token_ids
@@ -129,9 +129,9 @@ class VLLMSampler:
         for i, messages in enumerate(prompts):
             ids = prompt_ids(self.tokenizer, messages)
             if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
-                raise ValueError(
+                raise PromptTooLongError(
                     f"prompt {i} ({preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
-                    f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens")
+                    f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens", i)
             requests.append({"prompt_token_ids": ids})
         sampling = [vllm.SamplingParams(**vllm_kwargs(params, i, self.stop_ids)) for i in range(len(prompts))]
         outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress)

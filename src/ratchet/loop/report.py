@@ -1,10 +1,25 @@
 """What a run shows its user: the terminal table (``print_summary``) and an offline HTML report
-(``write_report``) with a PNG plot of every numeric metric that changes over rounds and a table of
-the rounds.
+(``write_report``) that explains each round, not only scores it:
 
-Both read only the run summary (``loop.run``: ``{"rounds": [{"round", "kept", ...metrics}], "best_model",
-...}``); a metric missing from some rounds is plotted where present and shown as "-" elsewhere.
-A nested dict in a round (e.g. ``"bstar": {...}``) is flattened to ``bstar.<key>``.
+    run info         the summary's run-level keys (best model, metric start and best, minutes)
+    warnings         rounds where many answers were cut by the token budget (a common cause of collapse)
+    metrics          a PNG plot of every numeric metric that changes over rounds
+    answers          per round, for the samples (``round_<r>/completions.jsonl``, or an on-policy round's
+                     ``train/rollouts.jsonl``) and the greedy held-out answers (``round_<r>/eval/answers.jsonl``,
+                     round 0 too): count, mean length in tokens, the token budget, and the share of finish
+                     reasons (ended = eos, stop string = stop, cut by the budget = length); a plot of each of
+                     these that changes over rounds
+    side by side     a few held-out problems (those whose verdict or finish reason changes first): the prompt
+                     and each round's greedy answer with its length, finish reason and verdict
+                     (``round_<r>/eval/judgments.jsonl``: ``correct[0]``, else ``scores[0]``)
+    rounds           a table of every round's metrics
+
+The metrics come from the run summary (``loop.run``: ``{"rounds": [{"round", "kept", ...metrics}],
+"best_model", ...}``); a metric missing from some rounds is plotted where present and shown as "-"
+elsewhere. A nested dict in a round (e.g. ``"bstar": {...}``) is flattened to ``bstar.<key>``.
+The round files are optional: a missing file leaves its row or section out, and unreadable lines are
+skipped and counted, so a report is written for any run, finished or not. Plots are PNG files under
+``<run>/plots/`` referenced by relative path, so the folder reads offline.
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -95,18 +111,268 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return f"<table>\n<tr>{head}</tr>\n{body}</table>"
 
 
+FINISH_REASONS = (("eos", "ended"), ("stop", "stop string"), ("length", "cut by the budget"))
+"""A completion's ``finish_reason`` and how the report names it."""
+CUT_WARNING = 0.25
+"""A share of answers cut by the token budget at or above this is flagged in the report."""
+SIDE_BY_SIDE = 5
+"""How many held-out problems the side-by-side section shows."""
+
+
+def _read_rows(path: Path) -> tuple[list[dict], int]:
+    """The JSON rows of ``path`` (none if it is missing) and the count of unreadable lines, which
+    are skipped: a report is a diagnosis and must not fail on the file it diagnoses."""
+    if not path.is_file():
+        return [], 0
+    rows, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    return rows, bad
+
+
+def _completions(row: dict) -> list[dict]:
+    return [c for c in row.get("completions") or [] if isinstance(c, dict)]
+
+
+def answer_stats(rows: list[dict]) -> dict | None:
+    """Count, mean length in tokens, token budget and finish reasons of every completion in the
+    rows (``{"answers", "mean_tokens", "budget", "eos", "stop", "length", "other"}``); None when
+    there is no completion. ``mean_tokens`` and ``budget`` are None where the rows lack them."""
+    completions = [c for row in rows for c in _completions(row)]
+    if not completions:
+        return None
+    tokens = [c["num_tokens"] for c in completions if _is_number(c.get("num_tokens"))]
+    reasons = Counter(c.get("finish_reason") for c in completions)
+    budget = next((row["sampling"].get("max_new_tokens") for row in rows
+                   if isinstance(row.get("sampling"), dict) and _is_number(row["sampling"].get("max_new_tokens"))),
+                  None)
+    stats = {"answers": len(completions), "mean_tokens": sum(tokens) / len(tokens) if tokens else None,
+             "budget": budget}
+    stats.update({reason: reasons.get(reason, 0) for reason, _ in FINISH_REASONS})
+    stats["other"] = len(completions) - sum(stats[reason] for reason, _ in FINISH_REASONS)
+    return stats
+
+
+class _RoundFiles:
+    """The answer files of one run, each read once: samples and held-out answers per round."""
+
+    def __init__(self, run_dir: Path, round_numbers: list[int]):
+        self.samples, self.heldout, self.judgments, self.bad = {}, {}, {}, {}
+        for r in round_numbers:
+            d = run_dir / f"round_{r}"
+            for kind, path in (("samples", d / "completions.jsonl"), ("samples", d / "train" / "rollouts.jsonl"),
+                               ("held-out", d / "eval" / "answers.jsonl")):
+                target = self.samples if kind == "samples" else self.heldout
+                if r in target or not path.is_file():
+                    continue
+                rows, bad = _read_rows(path)
+                target[r] = (path.relative_to(run_dir).as_posix(), rows)
+                self.bad[(r, kind)] = bad
+            self.judgments[r] = {row.get("id"): row for row in _read_rows(d / "eval" / "judgments.jsonl")[0]}
+
+
+def _answer_rows(files: _RoundFiles, round_numbers: list[int]) -> list[dict]:
+    out = []
+    for r in round_numbers:
+        for kind, source in (("samples", files.samples), ("held-out", files.heldout)):
+            if r not in source:
+                continue
+            path, rows = source[r]
+            stats = answer_stats(rows)
+            if stats is None and not files.bad.get((r, kind)):
+                continue
+            out.append({"round": r, "kind": kind, "file": path, "stats": stats, "bad": files.bad.get((r, kind), 0)})
+    return out
+
+
+def _share_cell(count: int, total: int, warn: bool = False) -> str:
+    cls = " class='warn'" if warn and count and count / total >= CUT_WARNING else ""
+    return f"<td{cls}>{100 * count / total:.0f}% ({count})</td>"
+
+
+def _answers_table(rows: list[dict]) -> str:
+    head = ("<tr><th>round</th><th>answers</th><th>file</th><th>count</th><th>mean length (tokens)</th>"
+            "<th>token budget</th>" + "".join(f"<th>{label}</th>" for _, label in FINISH_REASONS) +
+            "<th>other</th></tr>")
+    body = []
+    for row in rows:
+        s = row["stats"]
+        note = f" ({row['bad']} unreadable lines skipped)" if row["bad"] else ""
+        cells = [f"<td>{row['round']}</td>", f"<td>{row['kind']}</td>",
+                 f"<td><code>{html.escape(row['file'])}</code>{note}</td>"]
+        if s is None:
+            cells.append("<td colspan='7'>no completions</td>")
+        else:
+            n = s["answers"]
+            cells += [f"<td>{n}</td>", f"<td>{_cell(s['mean_tokens'])}</td>", f"<td>{_cell(s['budget'])}</td>"]
+            cells += [_share_cell(s[reason], n, warn=reason == "length") for reason, _ in FINISH_REASONS]
+            cells.append(f"<td>{s['other']}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return "<table class='answers'>\n" + head + "\n" + "\n".join(body) + "\n</table>"
+
+
+def _cut_warnings(rows: list[dict]) -> list[str]:
+    notes = []
+    for row in rows:
+        s = row["stats"]
+        if s and s["length"] and s["length"] / s["answers"] >= CUT_WARNING:
+            budget = f" ({s['budget']} tokens)" if s["budget"] is not None else ""
+            notes.append(f"round {row['round']}: {s['length']} of {s['answers']} {row['kind']} answers "
+                         f"({100 * s['length'] / s['answers']:.0f}%) were cut by the token budget{budget}")
+    return notes
+
+
+_ANSWER_PLOTS = (("mean_tokens", "mean answer length (tokens)"),
+                 ("eos", "share ended (eos)"), ("stop", "share ended by a stop string"),
+                 ("length", "share cut by the token budget"))
+
+
+def _answer_series(rows: list[dict], key: str) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        s = row["stats"]
+        if not s:
+            continue
+        value = s["mean_tokens"] if key == "mean_tokens" else s[key] / s["answers"]
+        if value is not None:
+            series.setdefault(row["kind"], []).append((row["round"], value))
+    return series
+
+
+def _plot_series(series: dict[str, list[tuple[int, float]]], title: str, dropped: set[int], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3), dpi=100)
+    ax = fig.subplots()
+    for label, points in series.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], "-o", label=label)
+    marks = [(x, y) for points in series.values() for x, y in points if x in dropped]
+    if marks:
+        ax.plot(*zip(*marks), "x", color="tab:red", markersize=10, label="rolled back")
+    ax.legend()
+    ax.set_xlabel("round")
+    ax.set_title(title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def _changes(series: dict[str, list[tuple[int, float]]]) -> bool:
+    return any(len({round(y, 9) for _, y in points}) > 1 for points in series.values())
+
+
+def _verdict(judgment: dict | None) -> str:
+    if not judgment:
+        return ""
+    correct, scores = judgment.get("correct") or [None], judgment.get("scores") or [None]
+    if isinstance(correct[0], bool):
+        return "correct" if correct[0] else "wrong"
+    if _is_number(scores[0]):
+        return f"score {scores[0]:.3g}"
+    return "no verdict"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f" … ({len(text) - limit} more characters)"
+
+
+def _prompt_html(row: dict) -> str:
+    messages = [m for m in row.get("messages") or [] if isinstance(m, dict)]
+    if not messages:
+        return "<pre class='prompt'>(no messages)</pre>"
+    if len(messages) == 1:
+        return f"<pre class='prompt'>{html.escape(_clip(str(messages[0].get('content', '')), 2000))}</pre>"
+    return "".join(f"<pre class='prompt'><b>{html.escape(str(m.get('role', '?')))}:</b> "
+                   f"{html.escape(_clip(str(m.get('content', '')), 2000))}</pre>" for m in messages)
+
+
+def _side_by_side(files: _RoundFiles, round_numbers: list[int], kept: dict[int, bool], k: int = SIDE_BY_SIDE) -> str:
+    rounds = [r for r in round_numbers if r in files.heldout]
+    if not rounds:
+        return ""
+    by_round = {r: {row.get("id"): row for row in files.heldout[r][1]} for r in rounds}
+    ids = list(dict.fromkeys(row.get("id") for row in files.heldout[rounds[0]][1] if row.get("id") is not None))
+
+    def first(r, pid):
+        comps = _completions(by_round[r].get(pid) or {})
+        return comps[0] if comps else None
+
+    def trace(pid):
+        return [(_verdict(files.judgments[r].get(pid)), (first(r, pid) or {}).get("finish_reason")) for r in rounds]
+
+    # problems whose verdict or finish reason changes between rounds say the most; then any cut answer
+    ranked = sorted(range(len(ids)), key=lambda i: (len(set(trace(ids[i]))) <= 1,
+                                                     all(reason != "length" for _, reason in trace(ids[i])), i))
+    chosen = [ids[i] for i in ranked[:k]]
+    label = {"eos": "ended", "stop": "stop string", "length": "cut by the budget"}
+    parts = [f"<p>{len(chosen)} of {len(ids)} held-out problems, those whose verdict or finish reason changes "
+             "between rounds first; each round's greedy answer.</p>"]
+    head = "".join(f"<th>round {r}{' (base)' if r == 0 else ''}{' (rolled back)' if kept.get(r) is False else ''}"
+                   f"</th>" for r in rounds)
+    for pid in chosen:
+        row0 = by_round[rounds[0]][pid]
+        ref = row0.get("answer")
+        ref_html = (f"<p class='ref'>reference answer: <code>{html.escape(_clip(str(ref), 300))}</code></p>"
+                    if isinstance(ref, (str, int, float)) and not isinstance(ref, bool) else "")
+        cells = []
+        for r in rounds:
+            c = first(r, pid)
+            if c is None:
+                cells.append("<td class='answer'>-</td>")
+                continue
+            verdict = _verdict(files.judgments[r].get(pid))
+            meta = ", ".join(x for x in (f"{c['num_tokens']} tokens" if _is_number(c.get("num_tokens")) else "",
+                                         label.get(c.get("finish_reason"), str(c.get("finish_reason"))),
+                                         verdict) if x)
+            cls = " verdict-ok" if verdict == "correct" else " verdict-bad" if verdict == "wrong" else ""
+            cells.append(f"<td class='answer{cls}'><pre>{html.escape(_clip(str(c.get('text', '')), 1500))}</pre>"
+                         f"<div class='meta'>{html.escape(meta)}</div></td>")
+        parts.append(f"<h3>{html.escape(str(pid))}</h3>{_prompt_html(row0)}{ref_html}"
+                     f"<div class='scroll'><table class='sxs'><tr>{head}</tr><tr>{''.join(cells)}</tr></table></div>")
+    return "\n".join(parts)
+
+
 _STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{margin:4px}")
+          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{margin:4px}"
+          ".warn{background:#fde2e1;color:#8a1f11}div.warn{padding:6px 12px;border:1px solid #e0a8a3}"
+          "pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:90%}"
+          "pre.prompt{background:#f4f4f4;padding:6px;margin:4px 0}"
+          "div.scroll{overflow-x:auto}table.sxs{table-layout:fixed;width:100%}"
+          "table.sxs th{text-align:left}table.sxs td{text-align:left;vertical-align:top;min-width:14em}"
+          "td.verdict-ok{background:#e6f4e6}td.verdict-bad{background:#fbecec}"
+          ".meta{color:#555;font-size:85%;margin-top:4px}p.ref{margin:2px 0}table.answers td{white-space:nowrap}")
+
+
+def _png_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) + ".png"
 
 
 def write_report(run_dir: Path, summary: dict) -> Path:
-    """Write ``run_dir/report.html``, its plots as ``run_dir/plots/<metric>.png`` (referenced by
+    """Write ``run_dir/report.html``, its plots as ``run_dir/plots/<name>.png`` (referenced by
     relative path, so the folder reads offline) and return the HTML's path. Without matplotlib
     the report has the tables and says why it has no plots."""
     run_dir = Path(run_dir)
     rounds = [_flatten(r) for r in summary.get("rounds", [])]
     metrics = _numeric_metrics(rounds)
-    figures, note = [], ""
+    round_numbers = [r.get("round", i) for i, r in enumerate(rounds)]
+    kept = {r.get("round", i): r.get("kept") for i, r in enumerate(rounds)}
+    files = _RoundFiles(run_dir, round_numbers)
+    answer_rows = _answer_rows(files, round_numbers)
+    answer_plots = [(key, title, series) for key, title in _ANSWER_PLOTS
+                    if _changes(series := _answer_series(answer_rows, key))]
+    figures, answer_figures, note = [], [], ""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -116,17 +382,35 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         for stale in (run_dir / "plots").glob("*.png"):  # a regenerated report keeps no old plots
             stale.unlink()
         for metric in metrics:
-            name = re.sub(r"[^A-Za-z0-9_.-]", "_", metric) + ".png"
+            name = _png_name(metric)
             _plot(rounds, metric, run_dir / "plots" / name)
             figures.append(f'<img src="plots/{html.escape(name)}" alt="{html.escape(metric)}">')
+        dropped = {r for r, k in kept.items() if k is False}
+        for key, title, series in answer_plots:
+            name = _png_name(f"answers-{key}")
+            _plot_series(series, title, dropped, run_dir / "plots" / name)
+            answer_figures.append(f'<img src="plots/{html.escape(name)}" alt="{html.escape(title)}">')
     run_info = {k: v for k, v in summary.items() if k != "rounds"}
     columns = ["round"] + [k for k in dict.fromkeys(k for r in rounds for k in r) if k != "round"]
+    warnings = _cut_warnings(answer_rows)
+    answers = []
+    if answer_rows:
+        answers = ["<h2>Answers per round: length and how they ended</h2>",
+                   "<p>ended: the model stopped (eos); stop string: a task stop string ended it; cut by the budget: "
+                   "it reached the token budget (max_new_tokens) unfinished. Samples are the round's training "
+                   "samples, held-out the greedy answers its metric is computed from.</p>",
+                   _answers_table(answer_rows), note if answer_plots else "", "\n".join(answer_figures)]
+    side_by_side = _side_by_side(files, round_numbers, kept)
     parts = [
         f"<!doctype html>\n<html><head><meta charset='utf-8'><title>ratchet report</title>"
         f"<style>{_STYLE}</style></head><body>",
         "<h1>ratchet report</h1>",
         _table([run_info], list(run_info)) if run_info else "",
+        ("<div class='warn'><b>Cut by the token budget</b><ul>"
+         + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>") if warnings else "",
         "<h2>Metrics over rounds</h2>", note, "\n".join(figures),
+        *answers,
+        ("<h2>Held-out answers side by side</h2>\n" + side_by_side) if side_by_side else "",
         "<h2>Rounds</h2>", _table(rounds, columns),
         "</body></html>\n",
     ]

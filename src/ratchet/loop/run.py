@@ -127,6 +127,9 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
     n_pairs = len(read_jsonl(pairs))
     metrics = {"round": r, **bstar_metrics(read_jsonl(c), _verified(cfg, round_dir, c, j, policy), pairs_kept=n_pairs),
                "temperature": gen.temperature}
+    pair_counts = stages.pair_metrics_path(pairs)
+    if pair_counts.exists():  # pairs whose chosen text equals the rejected one, left out by the pair stage
+        metrics["pairs_dropped_identical"] = json.loads(pair_counts.read_text())["pairs_dropped_identical"]
     if probed is not None:
         metrics["temperature_balance"] = probed["balance_scores"]  # balance score of each grid temperature
     if n_pairs == 0:  # nothing to learn from (DSTC: no self-written test told the samples apart)

@@ -2,7 +2,10 @@
 
 This is where config objects are unpacked into the flat arguments of the components
 (``generate``, ``judge``, ``data.pairing``, ``train``). Every stage reads and writes plain files
-in a round directory, so any stage can be re-run by itself.
+in a round directory, so any stage can be re-run by itself. A stage checks every row of its input
+files before it writes anything (``data.records``: a bad row is a ``RecordError`` naming the file
+and row, and an empty input file is one too), then writes each output atomically, so a failed
+stage leaves what a finished one wrote as it was.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from pathlib import Path
 from ratchet.config import (EvalConfig, GenerateConfig, JudgeConfig, PairConfig, ReviseConfig, TaskConfig,
                             TrainConfig)
 from ratchet.data.pairing import build_pairs, build_unpaired, drop_truncated, is_complete
-from ratchet.data.records import read_jsonl, write_json, write_jsonl
+from ratchet.data.records import (chat_completions_problem, completions_problem, judgments_problem, match_rows,
+                                  prompt_problem, read_jsonl, self_scores_problem, staged, write_json, write_jsonl)
 from ratchet.data.selection import attach_logprobs, build_sft
 from ratchet.evaluate.bstar import balance_score, choose_temperature
 from ratchet.evaluate.metrics import heldout_metric
-from ratchet.generate.base import SamplingParams
+from ratchet.generate.base import PromptTooLongError, SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.generate.hf import HFSampler
 from ratchet.judge import build_judge, judge_metric
@@ -76,13 +80,17 @@ def stop_strings(explicit: list[str] | None, task: Task | None, rows: list[dict]
 def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *, task: Task | None = None,
              progress: bool | str = True) -> Path:
     """``cfg.k`` completions of every prompt; ``progress``: a bar (named by a string, else "sampling")."""
-    rows = read_jsonl(prompts, required=("id", "messages"))
+    rows = read_jsonl(prompts, required=("id", "messages"), check=prompt_problem, empty_ok=False)
     progress = "sampling" if progress is True else progress
     params = SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens, stop=stop_strings(cfg.stop, task, rows), seed=cfg.seed)
     with open_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.batch_size, progress=progress,
                       vllm=cfg.vllm) as sampler:
-        samples = sampler.sample([r["messages"] for r in rows], params)
+        try:
+            samples = sampler.sample([r["messages"] for r in rows], params)
+        except PromptTooLongError as e:  # name the file and the row's id
+            where = f"id {rows[e.index]['id']!r}: " if e.index is not None else ""
+            raise PromptTooLongError(f"{prompts}: {where}{e}", e.index) from None
         tests = _write_tests(sampler, rows, params, cfg) if cfg.tests > 0 else [{} for _ in rows]
     sampling = dataclasses.asdict(params)
     return write_jsonl(out, ({**row, "completions": [dataclasses.asdict(s) for s in ss], "sampling": sampling, **t}
@@ -131,16 +139,23 @@ def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: Gener
     return result
 
 
-def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None, progress: bool = False) -> Path:
+def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None, progress: bool = False,
+          source: Path | None = None) -> Path:
     """Every completion scored by ``cfg``'s judge; ``policy`` () -> (model, tokenizer) for a judge that
-    is the policy itself (``llm`` with ``model: policy``)."""
+    is the policy itself (``llm`` with ``model: policy``). A row the judge cannot read (no answer to
+    compare with, say) is a ``JudgeInputError`` naming ``source`` (default: ``completions``) and its id."""
     from tqdm.auto import tqdm
 
+    from ratchet.judge.base import JudgeInputError
+
+    rows = read_jsonl(completions, required=("id", "completions"), check=completions_problem, empty_ok=False)
     judge_ = build_judge(cfg.name, cfg.params, policy=policy)
-    rows = read_jsonl(completions, required=("id", "completions"))
     out_rows = []
     for row in tqdm(rows, desc="judging", unit="prompt", disable=not progress):
-        verdicts = judge_.judge(row, [c["text"] for c in row["completions"]])
+        try:
+            verdicts = judge_.judge(row, [c["text"] for c in row["completions"]])
+        except JudgeInputError as e:  # the judge names the prompt; this, the file it came from
+            raise JudgeInputError(f"{source or completions}: {e}") from None
         out_rows.append({"id": row["id"], "scores": [v.score for v in verdicts],
                          "correct": [v.correct for v in verdicts], "details": [v.detail for v in verdicts]})
     return write_jsonl(out, out_rows)
@@ -149,25 +164,42 @@ def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None, progre
 def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss: str = "dpo",
          self_scores: Path | None = None) -> Path:
     """Pairs for paired objectives; unpaired (desirable/undesirable) rows for ``unpaired`` ones (KTO);
-    the selected samples (``cfg.selection``) for ``sft`` ones, self-scored by ``self_scores`` if given."""
+    the selected samples (``cfg.selection``) for ``sft`` ones, self-scored by ``self_scores`` if given.
+    Judgments (and self-scores) must be the completions', matched by id. Besides ``out``, writes
+    ``pair_metrics_path(out)``: ``{"rows", "pairs_dropped_identical"}`` (pairs whose chosen text
+    equals the rejected one, left out)."""
     from ratchet.losses import LOSSES
 
-    rows = read_jsonl(completions, required=("id", "messages", "completions"))
-    judged = read_jsonl(judgments, required=("id", "scores"))
+    rows = read_jsonl(completions, required=("id", "messages", "completions"), check=chat_completions_problem,
+                      empty_ok=False)
+    judged = read_jsonl(judgments, required=("id", "scores"), check=judgments_problem, empty_ok=False)
+    match_rows(completions, rows, judgments, judged, "scores")
     if self_scores is not None:
-        rows = attach_logprobs(rows, read_jsonl(self_scores, required=("id", "logprobs", "num_tokens")))
+        scored = read_jsonl(self_scores, required=("id", "logprobs", "num_tokens"), check=self_scores_problem,
+                            empty_ok=False)
+        match_rows(completions, rows, self_scores, scored, "logprobs")
+        rows = attach_logprobs(rows, scored)
     if cfg.drop_truncated:
         rows, judged = drop_truncated(rows, judged)
+    counts = {"identical": 0}
     if LOSSES[loss].data == "sft":
-        return write_jsonl(out, build_sft(rows, judged, selection=cfg.selection,
-                                          max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed, **cfg.params))
-    if LOSSES[loss].data == "unpaired":
-        return write_jsonl(out, build_unpaired(rows, judged, max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed))
-    pairs = build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
-                        seed=cfg.seed, **cfg.params)
-    if any("ref_response" in name for name in LOSSES[loss].inputs):
-        _attach_ref_responses(pairs, rows, seed=cfg.seed)
-    return write_jsonl(out, pairs)
+        out_rows = build_sft(rows, judged, selection=cfg.selection, max_per_prompt=cfg.max_pairs_per_prompt,
+                             seed=cfg.seed, **cfg.params)
+    elif LOSSES[loss].data == "unpaired":
+        out_rows = build_unpaired(rows, judged, max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed)
+    else:
+        out_rows = build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
+                               seed=cfg.seed, counts=counts, **cfg.params)
+        if any("ref_response" in name for name in LOSSES[loss].inputs):
+            _attach_ref_responses(out_rows, rows, seed=cfg.seed)
+    write_jsonl(out, out_rows)
+    write_json(pair_metrics_path(out), {"rows": len(out_rows), "pairs_dropped_identical": counts["identical"]})
+    return Path(out)
+
+
+def pair_metrics_path(out: Path) -> Path:
+    """The pair stage's counts, beside its output: ``pairs.jsonl`` -> ``pairs.metrics.json``."""
+    return Path(out).with_name(f"{Path(out).stem}.metrics.json")
 
 
 def self_score(model, tokenizer, completions: Path, out: Path, *, batch_size: int = 32) -> Path:
@@ -175,7 +207,8 @@ def self_score(model, tokenizer, completions: Path, out: Path, *, batch_size: in
     self-reward of SFT-sharpening): rows ``{"id", "logprobs": [float], "num_tokens": [int]}``."""
     from ratchet.generate.score import sequence_logprobs  # torch-heavy; import when scoring
 
-    rows = read_jsonl(completions, required=("id", "messages", "completions"))
+    rows = read_jsonl(completions, required=("id", "messages", "completions"), check=chat_completions_problem,
+                      empty_ok=False)
     items = [(r["messages"], c["text"], is_complete(c)) for r in rows
              for c in r["completions"]]
     scored = iter(sequence_logprobs(model, tokenizer, items, batch_size=batch_size))
@@ -202,11 +235,13 @@ def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> 
 
 def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
           reference_model=None, reference_id: str = "policy-at-start", revision_template: str = "revision",
-          resume: bool = False, report_to: list[str] = (), progress: bool = True) -> dict:
+          resume: bool = False, report_to: list[str] = (), progress: bool = True,
+          invalid_hint: str | None = None) -> dict:
     """Train on ``pairs``; ``revision_template`` (``revise.template``) makes SRPO's revision prompts, so
     training and ``revise`` use one template (objectives without revise_* sequences ignore it);
     ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (every
-    ``cfg.checkpoint_every`` steps), if there is one."""
+    ``cfg.checkpoint_every`` steps), if there is one; ``invalid_hint`` ends an invalid row's error
+    where the caller offers a way to skip such rows (``ratchet train --skip-invalid``)."""
     from ratchet.train.adapters import add_lora, is_peft, save_merged
     from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
 
@@ -216,7 +251,7 @@ def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, ski
     summary = _train_pairs(train_loop, model, tokenizer, pairs, out_dir, cfg, skip_invalid=skip_invalid,
                            reference_model=reference_model, reference_id=reference_id,
                            revision_template=revision_template, resume=resume, progress=progress,
-                           log_with=list(report_to) or None)
+                           log_with=list(report_to) or None, invalid_hint=invalid_hint)
     if is_peft(model) and lora.merge:  # the next stages load a plain model and sample at full speed
         save_merged(model, tokenizer, Path(out_dir) / "model")
     return summary
@@ -235,7 +270,7 @@ def revise(model, tokenizer, prompts: Path, out: Path, cfg: ReviseConfig, eval_c
     from ratchet.data.revision import load_template
     from ratchet.generate.revise import revise as revise_loop
 
-    rows = read_jsonl(prompts, required=("id", "messages"))
+    rows = read_jsonl(prompts, required=("id", "messages"), check=prompt_problem, empty_ok=False)
     params = SamplingParams(k=1, temperature=0.0, max_new_tokens=eval_cfg.max_new_tokens,
                             stop=stop_strings(None, task, rows))
     with open_sampler(eval_cfg.sampler, model, tokenizer, batch_size=eval_cfg.batch_size, progress=progress,
@@ -252,20 +287,21 @@ def eval_judge(cfg: EvalConfig, judge_cfg: JudgeConfig) -> JudgeConfig:
 
 def evaluate_revisions(model, tokenizer, prompts: Path, out_dir: Path, cfg: ReviseConfig, eval_cfg: EvalConfig,
                        judge_cfg: JudgeConfig, *, task: Task | None = None, progress: bool = True) -> dict:
-    """Accuracy at every revision step (0 = the draft); writes revisions.jsonl, metrics.json, a plot."""
+    """Accuracy at every revision step (0 = the draft); writes revisions.jsonl, metrics.json, a plot
+    (all or nothing: ``records.staged``)."""
     from ratchet.evaluate.revisions import plot_revisions, score_revisions
 
-    out_dir = Path(out_dir)
-    rows = read_jsonl(revise(model, tokenizer, prompts, out_dir / "revisions.jsonl", cfg, eval_cfg, task=task,
-                             progress=progress))
-    j = eval_judge(eval_cfg, judge_cfg)
-    acc = score_revisions(rows, build_judge(j.name, j.params, policy=lambda: (model, tokenizer)))
-    metrics = {"metric": "accuracy", "accuracy": acc[0], "accuracy_per_revision": acc, "n": len(rows)}
-    write_json(out_dir / "metrics.json", metrics)
-    try:
-        plot_revisions({"accuracy": acc}, out_dir / "revisions.png")
-    except ImportError:  # matplotlib is the optional [plot] extra
-        pass
+    with staged(out_dir) as tmp:
+        rows = read_jsonl(revise(model, tokenizer, prompts, tmp / "revisions.jsonl", cfg, eval_cfg, task=task,
+                                 progress=progress))
+        j = eval_judge(eval_cfg, judge_cfg)
+        acc = score_revisions(rows, build_judge(j.name, j.params, policy=lambda: (model, tokenizer)))
+        metrics = {"metric": "accuracy", "accuracy": acc[0], "accuracy_per_revision": acc, "n": len(rows)}
+        write_json(tmp / "metrics.json", metrics)
+        try:
+            plot_revisions({"accuracy": acc}, tmp / "revisions.png")
+        except ImportError:  # matplotlib is the optional [plot] extra
+            pass
     return metrics
 
 
@@ -276,22 +312,23 @@ def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, ju
     answers, judgments and metrics.json: ``{"metric": name, name: value, ...}`` where the metric is
     the judge's (``accuracy``, ``mean_score``, or ``win_rate`` against the rows' ``answer``, else
     against ``reference``: an answers.jsonl of another model; None: these answers are the reference).
-    ``vllm``: the engine's options when ``cfg.sampler`` is vllm (``generate.vllm``)."""
-    out_dir = Path(out_dir)
+    ``vllm``: the engine's options when ``cfg.sampler`` is vllm (``generate.vllm``). The three files
+    replace a finished evaluation's only when all were written (``records.staged``)."""
     gen = GenerateConfig(sampler=cfg.sampler, k=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                          batch_size=cfg.batch_size, vllm=dict(vllm or {}))
-    answers = generate(model, tokenizer, prompts, out_dir / "answers.jsonl", gen, task=task,
-                       progress="evaluating" if progress else False)
-    j = eval_judge(cfg, judge_cfg)
-    metric = j.metric if j.metric != "auto" else judge_metric(j.name, j.params)
-    policy = lambda: (model, tokenizer)  # noqa: E731  (a judge that is the policy judges the model evaluated)
-    if metric == "win_rate":
-        metrics = _win_rate(read_jsonl(answers), reference, build_judge(j.name, j.params, policy=policy), out_dir)
-    else:
-        judged = read_jsonl(judge(answers, out_dir / "judgments.jsonl", j, policy=policy))
-        metrics = heldout_metric(metric, [jj["correct"][0] for jj in judged], [jj["scores"][0] for jj in judged],
-                                 judge=j.name)
-    write_json(out_dir / "metrics.json", metrics)
+    with staged(out_dir) as tmp:
+        answers = generate(model, tokenizer, prompts, tmp / "answers.jsonl", gen, task=task,
+                           progress="evaluating" if progress else False)
+        j = eval_judge(cfg, judge_cfg)
+        metric = j.metric if j.metric != "auto" else judge_metric(j.name, j.params)
+        policy = lambda: (model, tokenizer)  # noqa: E731  (a judge that is the policy judges the model evaluated)
+        if metric == "win_rate":
+            metrics = _win_rate(read_jsonl(answers), reference, build_judge(j.name, j.params, policy=policy), tmp)
+        else:
+            judged = read_jsonl(judge(answers, tmp / "judgments.jsonl", j, policy=policy, source=prompts))
+            metrics = heldout_metric(metric, [jj["correct"][0] for jj in judged], [jj["scores"][0] for jj in judged],
+                                     judge=j.name)
+        write_json(tmp / "metrics.json", metrics)
     return metrics
 
 

@@ -5,9 +5,11 @@ A training file holds rows of one format (``ROW_FIELDS``, ``row_format``): prefe
 ``label``: one answer each, desirable or not; ``data.pairing.build_unpaired``). An unpaired row
 becomes an example with the one sequence ``completion`` instead of ``chosen`` and ``rejected``.
 
-Validation names the row: a missing field, an empty completion, or a prompt that leaves no room
-for the completion within ``max_length`` is a ``PairsError`` (or skipped and counted with
-``skip_invalid``). Truncated completions are counted, never silent.
+Validation names the row: a missing field, a field of the wrong type, an empty completion, or a
+prompt that leaves no room for the completion within ``max_length`` is a ``PairsError`` (or
+skipped and counted with ``skip_invalid``). A pair whose chosen text equals its rejected one is
+dropped and counted (no preference: a DPO-style loss sits at log 2 on it). Truncated completions
+are counted, never silent.
 
 An example holds named sequences, each a prompt plus a completion: ``chosen`` and ``rejected``
 always, and whatever else the objective reads (``SEQUENCES`` says where each comes from in a
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ratchet.data.records import RecordError
+from ratchet.data.records import RecordError, messages_problem
 from ratchet.data.revision import revision_messages
 from ratchet.data.tokenize import Tokenized, completion_ids, prompt_ids
 
@@ -39,6 +41,10 @@ ROW_FIELDS = {"pairs": PAIR_FIELDS, "unpaired": ("messages", "completion", "labe
 """Fields every row has, by file format: preference pairs, or unpaired labelled examples (KTO)."""
 OWN_SEQUENCES = {"pairs": ("chosen", "rejected"), "unpaired": ("completion",)}
 """The answers a row of each format holds, tokenised for every objective."""
+
+
+SKIP_HINT = "use --skip-invalid to skip such rows"
+"""The end of an invalid row's error where skipping is offered (``ratchet train``; ``prepare_pairs``'s ``hint``)."""
 
 
 class PairsError(RecordError):
@@ -147,6 +153,8 @@ class PrepareReport:
     """(row, reason) of every invalid row that was skipped."""
     truncated: int = 0
     """Completions cut to fit max_length."""
+    identical: int = 0
+    """Pairs rows dropped because chosen == rejected."""
 
 
 def _problem(row: dict, fields: tuple[str, ...]) -> str | None:
@@ -154,12 +162,15 @@ def _problem(row: dict, fields: tuple[str, ...]) -> str | None:
     if missing:
         return f"missing field(s) {missing}"
     for key in ("chosen", "rejected", "ref_response", "completion"):
-        if key in fields and (not isinstance(row[key], str) or not row[key].strip()):
+        if key in fields and not isinstance(row[key], str):
+            return f"{key} must be a string (the answer text), got {type(row[key]).__name__} {row[key]!r:.60}"
+        if key in fields and not row[key].strip():
             return f"empty {key} completion"
     if "label" in fields and not isinstance(row["label"], bool):
         return f"label must be true (desirable) or false (undesirable), got {row['label']!r}"
-    if not isinstance(row["messages"], list) or not row["messages"]:
-        return "messages must be a non-empty list of {role, content}"
+    problem = messages_problem(row["messages"])
+    if problem:
+        return problem
     for key in fields:
         if key.endswith("_win_rate") and not (isinstance(row[key], (int, float)) and 0 <= row[key] <= 1):
             return f"{key} must be a number in [0, 1], got {row[key]!r}"
@@ -186,10 +197,11 @@ def _tokenize(tokenizer, messages: list[dict], text: str, complete: bool, max_le
 
 def prepare_pairs(rows: list[dict], tokenizer, *, max_length: int, skip_invalid: bool = False,
                   sequences: tuple[str, ...] = ("chosen", "rejected"), values: tuple[str, ...] = (),
-                  revision_template=None, row_format: str = "pairs") -> PrepareReport:
+                  revision_template=None, row_format: str = "pairs", hint: str | None = SKIP_HINT) -> PrepareReport:
     """Validate and tokenise every row; ``sequences`` and ``values`` are what the objective reads;
     ``revision_template`` (a ``string.Template``; default the bundled one) makes SRPO's revision prompts;
-    ``row_format`` is the file's (``ROW_FIELDS``; ``row_format(rows)`` tells)."""
+    ``row_format`` is the file's (``ROW_FIELDS``; ``row_format(rows)`` tells); ``hint`` ends an invalid
+    row's error (how to skip such rows; None where the caller offers no way)."""
     report = PrepareReport(examples=[])
     fields = required_fields(sequences, values, row_format)
     prompts: dict = {}
@@ -198,11 +210,14 @@ def prepare_pairs(rows: list[dict], tokenizer, *, max_length: int, skip_invalid:
             problem = _problem(row, fields) if isinstance(row, dict) else f"expected a JSON object, got {row!r}"
             if problem:
                 raise ValueError(problem)
+            if row_format == "pairs" and row["chosen"] == row["rejected"]:
+                report.identical += 1
+                continue
             seqs = {name: _tokenize(tokenizer, *SEQUENCES[name](row, rows, n, revision_template), max_length,
                                     prompts) for name in dict.fromkeys(OWN_SEQUENCES[row_format] + tuple(sequences))}
         except ValueError as e:
             if not skip_invalid:
-                raise PairsError(f"{row_format} row {n}: {e} (use --skip-invalid to skip such rows)") from None
+                raise PairsError(f"{row_format} row {n}: {e}" + (f" ({hint})" if hint else "")) from None
             report.skipped.append((n, str(e)))
             continue
         report.truncated += sum(s.truncated for s in seqs.values())

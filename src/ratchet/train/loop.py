@@ -43,7 +43,7 @@ from ratchet.data.trl_format import read_pairs
 from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES
 from ratchet.train import checkpoint
-from ratchet.train.batches import epoch_batches, prepare_pairs, row_format, split_step
+from ratchet.train.batches import SKIP_HINT, PairsError, epoch_batches, prepare_pairs, row_format, split_step
 from ratchet.train.metrics import MetricsLog, StepMetrics
 from ratchet.train.reference import cache_key, model_fingerprint, reference_logps
 from ratchet.train.step import PolicyLogps, micro_batch_loss, needs
@@ -117,7 +117,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
           resume: bool = False, checkpoint_every: int = 100, keep_checkpoints: int = 2,
           gradient_checkpointing: bool = False, share_prompt: bool = True, shuffle: bool = True,
           max_forward_tokens: int | None = None, anchor_model=None, anchor_id: str = "anchor",
-          revision_template: str | None = None,
+          revision_template: str | None = None, invalid_hint: str | None = SKIP_HINT,
           ref_batch_size: int | None = None, logps_chunk_size: int = 1024, project: str = "ratchet") -> dict:
     """Train ``model`` on the pairs at ``pairs_path`` with objective ``loss``; return the summary.
     (For ``kto`` the file may instead hold unpaired rows, ``batches.ROW_FIELDS``.)
@@ -151,15 +151,22 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     # ---- data: validate and tokenise every row before any training (errors name the row)
     names = tuple(dict.fromkeys(need.policy + need.reference + need.anchor))
     template = load_template(revision_template) if revision_template else None
-    report = prepare_pairs(rows, tokenizer, max_length=max_length, skip_invalid=skip_invalid,
-                           sequences=names, values=need.values, revision_template=template, row_format=fmt)
+    try:
+        report = prepare_pairs(rows, tokenizer, max_length=max_length, skip_invalid=skip_invalid, sequences=names,
+                               values=need.values, revision_template=template, row_format=fmt, hint=invalid_hint)
+    except PairsError as e:  # the row's number, and which file it is in
+        raise PairsError(f"{pairs_path}: {e}") from None
     examples, pad = report.examples, tokenizer.pad_token_id
     if not examples:
-        raise ValueError(f"{pairs_path}: no valid pairs to train on")
+        why = ("the file has no rows" if not rows else
+               f"{len(report.skipped)} invalid rows skipped, {report.identical} with chosen == rejected dropped")
+        raise PairsError(f"{pairs_path}: no valid pairs to train on ({why})")
     for row, reason in report.skipped[:10]:
         accelerator.print(f"train: skipped {fmt} row {row}: {reason}")
     if report.skipped:
-        accelerator.print(f"train: skipped {len(report.skipped)} invalid rows of {len(report.skipped) + len(examples)}")
+        accelerator.print(f"train: skipped {len(report.skipped)} invalid rows of {len(rows)}")
+    if report.identical:  # no preference to learn; saved in train_summary.json
+        accelerator.print(f"train: dropped {report.identical} pairs whose chosen equals rejected")
     if report.truncated:  # never silent: printed here, saved in train_summary.json
         accelerator.print(f"train: {report.truncated} completions truncated to max_length={max_length}")
 
@@ -256,6 +263,7 @@ def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss
     # ---- the trained model, the summary; checkpoints are no longer needed
     summary = {"loss": loss, "params": dataclasses.asdict(params), "pairs": len(examples),
                "skipped": len(report.skipped), "skipped_rows": report.skipped, "truncated": report.truncated,
+               "dropped_identical": report.identical,
                "steps": state["step"], "global_batch": global_batch, "seconds": seconds0 + time.time() - t0,
                "final": row}
     weights_state = accelerator.get_state_dict(policy)  # collective under FSDP/DeepSpeed

@@ -7,6 +7,7 @@
     ratchet revise   --model M --revisions N --input P --out F   draft, then N self-revisions
     ratchet compare-revisions --recipe R [--pairs P]  base, DPO, SRPO from the same pairs, per revision
     ratchet report RUN_DIR                           regenerate report.html and print the summary
+    ratchet compare RUN RUN... [--out compare.html]  runs side by side: metric per round with intervals
     ratchet prompts  --split train|heldout --out P   task prompts
     ratchet generate --model M --prompts P --out C   k completions per prompt
     ratchet judge    --completions C --out J

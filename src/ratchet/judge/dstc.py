@@ -167,9 +167,12 @@ class DSTCJudge:
                 for row, t in zip(matrix, truth)]
 
 
-def dstc_judge(*, wall_seconds: float = 2.0, ground_truth: bool = True, isolate_tests: bool = True) -> DSTCJudge:
+def dstc_judge(*, wall_seconds: float = 2.0, ground_truth: bool = True, isolate_tests: bool = True,
+               allow_weak_isolation: bool = False) -> DSTCJudge:
     """``JUDGES["dstc"]``. ``wall_seconds`` per (code, test) run: a self-written test is one assert,
     so a sample still running after that is stuck; ``ground_truth``: also run the task's real tests,
-    where a row has them, for ``correct`` (monitoring); ``isolate_tests``: see ``pass_matrix``."""
-    truth = UnitTestJudge(code_sandbox(10.0)) if ground_truth else None  # real tests: unit_tests' limits
-    return DSTCJudge(code_sandbox(wall_seconds), ground_truth=truth, isolate_tests=isolate_tests)
+    where a row has them, for ``correct`` (monitoring); ``isolate_tests``: see ``pass_matrix``;
+    ``allow_weak_isolation``: run even where the sandbox lacks some of its layers (see
+    ``code.code_sandbox``)."""
+    truth = UnitTestJudge(code_sandbox(10.0, allow_weak_isolation)) if ground_truth else None  # unit_tests' limits
+    return DSTCJudge(code_sandbox(wall_seconds, allow_weak_isolation), ground_truth=truth, isolate_tests=isolate_tests)

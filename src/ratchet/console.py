@@ -6,8 +6,9 @@
   at every parallel region; with a core taken by another program, one of two threads runs at half
   speed and the other spins waiting for it, so decoding ran about 8x slower than alone on this
   2-core machine. So the pool is sized to the cores that are idle now (read from ``/proc/stat``
-  over a short interval) and waiting threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
-  Both must be set before torch is imported; an ``OMP_NUM_THREADS`` the user set wins.
+  over a short interval); this must be set before torch is imported, and an ``OMP_NUM_THREADS``
+  the user set wins. (Sleeping instead of spinning, ``OMP_WAIT_POLICY=PASSIVE``, was measured and
+  not kept: alone, greedy evaluation of 200 problems took 104 s with it against 74 s without.)
 - ``LoopStatus``: one status line per stage of the loop (round i/n, stage, elapsed, loop ETA from the
   finished stages, the last round's metric), and "done, skipped" for a stage a resumed run finished.
 """
@@ -61,7 +62,6 @@ def pick_threads(idle: float | None, cores: int) -> int:
 
 def configure_threads() -> str | None:
     """Set the OpenMP pool before torch loads; returns a note when it chose fewer threads than cores."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "OMP_NUM_THREADS" in os.environ:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -85,12 +85,7 @@ def _plot(rounds: list[dict], metric: str, path: Path) -> None:
     if dropped:
         ax.plot(*zip(*dropped), "x", color="tab:red", markersize=10, label="rolled back")
         ax.legend()
-    ax.set_xlabel("round")
-    ax.set_title(metric)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    _save_round_plot(fig, ax, metric, path)
 
 
 def _cell(value) -> str:
@@ -261,6 +256,11 @@ def _plot_series(series: dict[str, list[tuple[int, float]]], title: str, dropped
     if marks:
         ax.plot(*zip(*marks), "x", color="tab:red", markersize=10, label="rolled back")
     ax.legend()
+    _save_round_plot(fig, ax, title, path)
+
+
+def _save_round_plot(fig, ax, title: str, path: Path) -> None:
+    """The finish every per-round plot shares: round numbers on x, a title, a light grid, PNG."""
     ax.set_xlabel("round")
     ax.set_title(title)
     ax.xaxis.get_major_locator().set_params(integer=True)

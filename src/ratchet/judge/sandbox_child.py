@@ -284,6 +284,12 @@ def _cover(path: str, flags: int = 0) -> bool:
     return os.path.exists(path) and _mount("/dev/null", path, None, MS_BIND)
 
 
+_SCRATCH = ("/tmp", "/dev/shm")
+_IN_SCRATCH: dict = {}
+"""View entries that lie under a scratch directory (Python installed, or a checkout, under /tmp):
+each job's own tmpfs covers the scratch directory, so ``_scratch_mount`` binds them back."""
+
+
 def build_view(spec: dict) -> bool:
     """Pivot the zygote (in a mount namespace of its own) into the minimal view. Every job's
     mount namespace is a copy of it. False, with the zygote left in its private copy of the
@@ -291,6 +297,7 @@ def build_view(spec: dict) -> bool:
     if not _mount("none", "/", None, MS_REC | MS_PRIVATE):
         return False
     entries = _view_entries(spec["needs"], spec.get("executable"))
+    _IN_SCRATCH.update({p: e for p, e in entries.items() if any(_under(p, d) for d in _SCRATCH)})
     staging = "/tmp"
     held = {}
     try:
@@ -348,13 +355,40 @@ def build_view(spec: dict) -> bool:
 # ----------------------------------------------------------------------------- per-job mounts
 
 
+def _scratch_mount(scratch: str, options: str) -> bool:
+    """A fresh tmpfs on ``scratch``, with the view's entries under it bound back read-only (opened
+    before the tmpfs covers them)."""
+    keep = {p: e for p, e in _IN_SCRATCH.items() if _under(p, scratch)} if os.path.isdir("/proc/self/fd") else {}
+    held = {p: os.open(p, os.O_PATH | os.O_CLOEXEC) for p, (kind, _) in keep.items() if kind != "link"}
+    try:
+        if not _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, options):
+            return False
+        for path in sorted(keep):
+            kind, target = keep[path]
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            if kind == "link":
+                os.symlink(target, path)
+                continue
+            if kind == "dir":
+                os.makedirs(path, mode=0o755, exist_ok=True)
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+            if not _mount(f"/proc/self/fd/{held[path]}", path, None, MS_BIND | MS_REC) or not _readonly(path):
+                raise OSError(f"cannot bind {path} back into the job's {scratch}")
+        return True
+    finally:
+        for fd in held.values():
+            os.close(fd)
+
+
 def _job_mounts(uid, disk_bytes: int, pidns: bool) -> dict:
     """In the job's copy of the view: its own scratch space and /proc (the candidate, pid 1 of the
     job's pid namespace, with privileges still)."""
     size = f"size={disk_bytes}"
-    tmp = _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode=1777")
-    shm = _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode=1777")
+    # /proc first: binding the view's entries back under the new /tmp goes through /proc/self/fd
     proc = pidns and _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
+    tmp = _scratch_mount("/tmp", f"{size},mode=1777")
+    shm = _scratch_mount("/dev/shm", f"{size},mode=1777")
     if not proc and not _cover("/proc", MS_RDONLY | MS_NOEXEC):
         raise OSError("cannot cover /proc")
     os.mkdir(_PRIVATE_WORKDIR, 0o700)

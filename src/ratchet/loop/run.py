@@ -197,6 +197,8 @@ def _run_loop(cfg: RunConfig, status: LoopStatus, *, progress: bool) -> dict:
     start = time.time()
     task = stages.make_task(cfg.task)
     task.check()  # a missing file or column fails here, before any model loads
+    initial = best_path = resolve_model(cfg.model.path, revision=cfg.model.revision)  # a missing model too,
+    # before the run directory is written
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -204,7 +206,6 @@ def _run_loop(cfg: RunConfig, status: LoopStatus, *, progress: bool) -> dict:
     run_stage(run_dir / "round_0", "heldout", {"task": to_dict(cfg.task), "data": task.fingerprint()}, [], [heldout],
               lambda: stages.make_prompts(task, "heldout", heldout, cfg.task.heldout_prompts))
     models = _Models(cfg.model.load_options())
-    initial = best_path = resolve_model(cfg.model.path, revision=cfg.model.revision)
     base = _evaluate(cfg, task, models, initial, heldout, run_dir / "round_0" / "eval", run_dir / "round_0", progress)
     metric = base.get("metric", "accuracy")
     rounds = [{"round": 0, **base, "kept": True}]

@@ -52,6 +52,7 @@ def _read(source: str, *, subset: str | None, split: str, revision: str | None) 
     import datasets  # heavy; imported only when a file task is read
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own "Failed to load JSON" would precede ours
     try:
         if source.startswith(HF_PREFIX):
             data = datasets.load_dataset(source[len(HF_PREFIX):], subset, split=split, revision=revision)
@@ -67,6 +68,8 @@ def _read(source: str, *, subset: str | None, split: str, revision: str | None) 
     except TaskError:
         raise
     except Exception as e:  # datasets raises many kinds (offline, bad JSON, bad parquet): name the source
+        while e.__cause__ is not None or e.__context__ is not None:  # the root cause says what is wrong
+            e = e.__cause__ or e.__context__
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TaskError(f"{source}: cannot be read as a dataset ({type(e).__name__}: {first})") from None
     # through JSON once: the rows are written to prompts.jsonl, so what cannot be written fails here

@@ -104,13 +104,13 @@ def _number_problem(key: str, values, *, kind: str = "finite number") -> str | N
     return None
 
 
-def messages_problem(messages) -> str | None:
-    """A chat: a non-empty list of ``{"role": str, "content": str}``."""
+def messages_problem(messages, key: str = "messages") -> str | None:
+    """A chat: a non-empty list of ``{"role": str, "content": str}`` (under ``key``, for the message)."""
     if not isinstance(messages, list) or not messages:
-        return f"key 'messages': expected a non-empty list of {{'role': str, 'content': str}}, got {_short(messages)}"
+        return f"key {key!r}: expected a non-empty list of {{'role': str, 'content': str}}, got {_short(messages)}"
     for i, m in enumerate(messages):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            return f"key 'messages' item {i}: expected {{'role': str, 'content': str}}, got {_short(m)}"
+            return f"key {key!r} item {i}: expected {{'role': str, 'content': str}}, got {_short(m)}"
     return None
 
 

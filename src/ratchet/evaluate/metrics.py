@@ -86,7 +86,8 @@ def heldout_metric(metric: str | None, correct: Sequence[bool | None], scores: S
     score, with its standard deviation. ``metric`` None infers it: accuracy if the judge gave any
     verdict, else mean_score, so a scorer never reads as a verifier that failed everything."""
     if len(correct) != len(scores) or not scores:
-        raise ValueError(f"held-out metrics need one verdict and score per answer, got {len(correct)} and {len(scores)}")
+        raise ValueError(f"held-out metrics need one verdict and score per answer, "
+                         f"got {len(correct)} and {len(scores)}")
     if metric is None:
         metric = "accuracy" if any(c is not None for c in correct) else "mean_score"
     if metric == "accuracy":

@@ -88,7 +88,8 @@ JUDGES: dict[str, Callable] = {
     "llm": make_llm_judge,
 }
 _CHOICES = {("llm", "mode"): ("pointwise", "pairwise", "yes_no"), ("exact", "match"): ("exact", "contains"),
-            ("regex", "match"): ("exact", "contains"), ("reward_model", "dtype"): ("auto", "float32", "bfloat16", "float16")}
+            ("regex", "match"): ("exact", "contains"),
+            ("reward_model", "dtype"): ("auto", "float32", "bfloat16", "float16")}
 """Params with a closed set of values, checked at config load."""
 
 

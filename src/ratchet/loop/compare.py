@@ -61,7 +61,8 @@ def _make_pairs(cfg: RunConfig, out: Path, given: Path | None, base: str, progre
     task = stages.make_task(cfg.task)
     run_stage(out, "prompts", {"task": to_dict(cfg.task), "data": task.fingerprint()}, [], [p],
               lambda: stages.make_prompts(task, "train", p, cfg.task.train_prompts, round=1))
-    run_stage(out, "generate", {"generate": to_dict(cfg.generate), "model": model_id(base, cfg.model.load_options())}, [p], [c],
+    run_stage(out, "generate", {"generate": to_dict(cfg.generate),
+                                "model": model_id(base, cfg.model.load_options())}, [p], [c],
               lambda: stages.generate(*_load(cfg, base), p, c, cfg.generate, task=task, progress=progress))
     run_stage(out, "judge", {"judge": to_dict(cfg.judge)}, [c], [j], lambda: stages.judge(c, j, cfg.judge))
     # DPO and SRPO read the same (x, y_w, y_l) rows: pairs built once, for the paired objectives
@@ -84,7 +85,8 @@ def _train(cfg: RunConfig, out: Path, name: str, loss: LossConfig, pairs: Path, 
 def _evaluate(cfg: RunConfig, out: Path, name: str, model_path: str, heldout: Path, progress: bool) -> list[float]:
     eval_dir = out / f"eval_{name}"
     run_stage(out, f"eval_{name}", {"revise": to_dict(cfg.revise), "evaluate": to_dict(cfg.evaluate),
-                                    "judge": to_dict(cfg.judge), "model": model_id(model_path, cfg.model.load_options())},
+                                    "judge": to_dict(cfg.judge),
+                                    "model": model_id(model_path, cfg.model.load_options())},
               [heldout], [eval_dir / "metrics.json"],
               lambda: stages.evaluate_revisions(*_load(cfg, model_path), heldout, eval_dir, cfg.revise,
                                                 cfg.evaluate, cfg.judge, task=stages.make_task(cfg.task),

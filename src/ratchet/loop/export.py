@@ -40,7 +40,8 @@ def model_card(model_dir: Path, run: Path | None) -> str:
     """A README.md: where the model comes from and, for a run, its recipe and held-out metric per round."""
     lines = ["---", "library_name: transformers", "tags: [ratchet, preference-optimization]", "---", "",
              f"# {model_dir.name if run is None else run.name}", "",
-             "Trained with [ratchet](https://pypi.org/project/ratchet/) from its own samples by preference optimization."]
+             "Trained with [ratchet](https://pypi.org/project/ratchet/) from its own samples by preference "
+             "optimization."]
     if run is None:
         return "\n".join(lines + [f"Exported from `{model_dir}`.", ""])
     summary = json.loads((run / "summary.json").read_text())
@@ -53,7 +54,8 @@ def model_card(model_dir: Path, run: Path | None) -> str:
               f"| round | held-out {metric} | kept |", "|---|---|---|"]
     for r in summary["rounds"]:
         value = r.get(metric)
-        lines.append(f"| {r['round']} | {'-' if value is None else f'{value:.3f}'} | {'yes' if r.get('kept') else 'no'} |")
+        shown = "-" if value is None else f"{value:.3f}"
+        lines.append(f"| {r['round']} | {shown} | {'yes' if r.get('kept') else 'no'} |")
     lines += ["", f"This model: `{model_dir}` ({summary.get('n_heldout', '?')} held-out prompts).", "",
               "## Recipe", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)

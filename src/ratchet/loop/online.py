@@ -28,7 +28,6 @@ from ratchet.judge import build_judge
 from ratchet.loop import stages
 from ratchet.loop.manifest import claim, run_stage
 from ratchet.loop.rollouts import judge_reward, self_loglik_reward, single_turn, two_turn
-from ratchet.loop.run import model_id
 from ratchet.losses import LOSSES
 
 EPISODES = {"online": single_turn, "two_turn": two_turn}
@@ -106,8 +105,8 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
     params = objective_params(cfg, r)
 
     key = {"train": to_dict(cfg.train), "loss_params": params, "online": to_dict(cfg.online),
-           "generate": to_dict(cfg.generate), "judge": to_dict(cfg.judge), "model": model_id(model_path, cfg.model.load_options()),
-           "reference": model_id(reference_path, cfg.model.load_options())}
+           "generate": to_dict(cfg.generate), "judge": to_dict(cfg.judge), "model": models.id(model_path),
+           "reference": models.id(reference_path)}
 
     def train():
         claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint

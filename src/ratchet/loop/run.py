@@ -66,6 +66,10 @@ class _Models:
         """Another model (a reference), loaded alongside the one in use."""
         return load_model(path, **self.options)
 
+    def id(self, path: str) -> dict:
+        """``model_id`` of ``path`` as these models load it, for stage manifests."""
+        return model_id(path, self.options)
+
     def forget(self):
         self.path, self.pair = None, None
 
@@ -80,7 +84,7 @@ def _evaluate(cfg: RunConfig, task, models: _Models, model_path: str, heldout: P
     base_answers = cfg.run_dir() / "round_0" / "eval" / "answers.jsonl"
     reference = base_answers if round_dir.name != "round_0" else None
     run_stage(round_dir, "evaluate", {"evaluate": to_dict(cfg.evaluate), "judge": to_dict(cfg.judge),
-                                      "model": model_id(model_path, cfg.model.load_options()), **extra}, [heldout], [out_dir / "metrics.json"],
+                                      "model": models.id(model_path), **extra}, [heldout], [out_dir / "metrics.json"],
               lambda: evaluate(*models.get(model_path), heldout, out_dir, cfg.evaluate, cfg.judge, task=task,
                                reference=reference, vllm=cfg.generate.vllm, progress=progress))
     return json.loads((out_dir / "metrics.json").read_text())
@@ -108,20 +112,20 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
     if gen.temperature_grid:  # B-STaR: this round's temperature from a probe of its first prompts
         probe = round_dir / "temperature"
         run_stage(round_dir, "temperature", {"generate": to_dict(gen), "judge": to_dict(cfg.judge),
-                                             "model": model_id(model_path, cfg.model.load_options())}, [p], [probe / "temperature.json"],
+                                             "model": models.id(model_path)}, [p], [probe / "temperature.json"],
                   lambda: stages.probe_temperature(*models.get(model_path), p, probe, gen, cfg.judge, task=task,
                                                    progress=progress))
         probed = json.loads((probe / "temperature.json").read_text())
         gen = dataclasses.replace(gen, temperature=probed["temperature"])
-    run_stage(round_dir, "generate", {"generate": to_dict(gen), "model": model_id(model_path, cfg.model.load_options())}, [p], [c],
+    run_stage(round_dir, "generate", {"generate": to_dict(gen), "model": models.id(model_path)}, [p], [c],
               lambda: stages.generate(*models.get(model_path), p, c, gen, task=task, progress=progress))
-    judge_key = {"judge": to_dict(cfg.judge)} | ({"model": model_id(model_path, cfg.model.load_options())} if _uses_policy(cfg) else {})
+    judge_key = {"judge": to_dict(cfg.judge)} | ({"model": models.id(model_path)} if _uses_policy(cfg) else {})
     run_stage(round_dir, "judge", judge_key, [c], [j],
               lambda: stages.judge(c, j, cfg.judge, policy=policy, progress=progress))
     scores = None
     if LOSSES[cfg.train.loss.name].data == "sft" and SELECTIONS[cfg.pair.selection].self_scored:
         scores = round_dir / "self_scores.jsonl"  # SFT-sharpening: log pi(y|x) under the sampling model
-        run_stage(round_dir, "self_score", {"model": model_id(model_path, cfg.model.load_options())}, [c], [scores],
+        run_stage(round_dir, "self_score", {"model": models.id(model_path)}, [c], [scores],
                   lambda: stages.self_score(*models.get(model_path), c, scores, batch_size=gen.batch_size))
     run_stage(round_dir, "pair", {"pair": to_dict(cfg.pair), "loss": cfg.train.loss.name},
               [c, j] + ([scores] if scores else []), [pairs],
@@ -144,12 +148,12 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
         claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint
         reference = None if reference_path == model_path else models.load(reference_path)[0]
         stages.train(*models.get(model_path), pairs, train_dir, cfg.train, reference_model=reference,
-                     reference_id=json.dumps(model_id(reference_path, cfg.model.load_options())),
+                     reference_id=json.dumps(models.id(reference_path)),
                      revision_template=cfg.revise.template, resume=True, report_to=cfg.log.report_to,
                      progress=progress)
         models.forget()  # the object in memory is now the trained model, not model_path's
 
-    key = {"train": to_dict(cfg.train), "model": model_id(model_path, cfg.model.load_options()), "reference": model_id(reference_path, cfg.model.load_options())}
+    key = {"train": to_dict(cfg.train), "model": models.id(model_path), "reference": models.id(reference_path)}
     if any("revise_" in name for name in LOSSES[cfg.train.loss.name].inputs):  # SRPO trains on revision prompts
         key["revise_template"] = cfg.revise.template
     run_stage(round_dir, "train", key, [pairs], [train_dir / "model"], train)

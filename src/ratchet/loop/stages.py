@@ -243,12 +243,11 @@ def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, ski
     ``cfg.checkpoint_every`` steps), if there is one; ``invalid_hint`` ends an invalid row's error
     where the caller offers a way to skip such rows (``ratchet train --skip-invalid``)."""
     from ratchet.train.adapters import add_lora, is_peft, save_merged
-    from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
 
     lora = cfg.lora
     model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
                      gradient_checkpointing=cfg.gradient_checkpointing)
-    summary = _train_pairs(train_loop, model, tokenizer, pairs, out_dir, cfg, skip_invalid=skip_invalid,
+    summary = _train_pairs(model, tokenizer, pairs, out_dir, cfg, skip_invalid=skip_invalid,
                            reference_model=reference_model, reference_id=reference_id,
                            revision_template=revision_template, resume=resume, progress=progress,
                            log_with=list(report_to) or None, invalid_hint=invalid_hint)
@@ -257,7 +256,10 @@ def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, ski
     return summary
 
 
-def _train_pairs(train_loop, model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, **kwargs) -> dict:
+def _train_pairs(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, **kwargs) -> dict:
+    """``train.loop.train`` with ``cfg`` unpacked into its flat arguments."""
+    from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
+
     return train_loop(model, tokenizer, pairs, out_dir, loss=cfg.loss.name, loss_params=cfg.loss.params, lr=cfg.lr,
                       epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,

@@ -22,7 +22,7 @@ import json
 import random
 from pathlib import Path
 
-from ratchet.data.records import file_hash
+from ratchet.data.records import file_hash, messages_problem
 from ratchet.tasks.base import FIELDS, TaskError
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -79,13 +79,10 @@ def _read(source: str, *, subset: str | None, split: str, revision: str | None) 
 def _messages(row: dict, fields: dict, where: str, template: str | None = None) -> list[dict]:
     col = fields.get("messages", "messages")
     if template is None and col in row and row[col] is not None:
-        messages = row[col]
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise TaskError(f"{where}: column {col!r} (messages) must be a non-empty list of "
-                            "{'role', 'content'} strings")
-        return messages
+        problem = messages_problem(row[col], col)
+        if problem:
+            raise TaskError(f"{where}: column {problem.removeprefix('key ')} (task.fields.messages)")
+        return row[col]
     col = fields.get("prompt", "prompt")
     try:
         prompt = template.format_map(row) if template is not None else row.get(col)

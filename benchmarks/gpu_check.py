@@ -15,7 +15,7 @@ Three parts, each timed and printed:
    ``stages.generate`` (CachedSampler, k samples at temperature 1), ``stages.judge`` with a judge
    defined here that always separates samples of a random model (longer text is better, ties
    broken by a hash of the text), ``stages.pair`` (best_vs_worst, truncated samples kept),
-   ``stages.train`` (DPO, a few optimizer steps), ``stages.evaluate`` (greedy held-out answers,
+   ``stages.train_model`` (DPO, a few optimizer steps), ``stages.evaluate`` (greedy held-out answers,
    the ``answer`` verifier). ``round_ok`` is true if every stage wrote its files, the losses are
    finite, and the models stayed on the asked device in the asked dtype.
 2. Generation tokens/s, ratchet's ``CachedSampler`` against transformers' ``model.generate`` on the
@@ -25,9 +25,9 @@ Three parts, each timed and printed:
    ``gen_speedup`` = ratchet tokens/s / HF tokens/s on the 135M config.
 3. Training MFU on a ~1B Llama config (the Llama-3.2-1B shape: hidden 2048, intermediate 8192,
    16 layers, 32 heads / 8 kv heads, tied embeddings, with SmolLM2's vocabulary of 49152:
-   1.07B parameters): the whole ``ratchet.train.loop.train()`` on synthetic DPO pairs, timed per
+   1.07B parameters): the whole ``ratchet.train.offline.train_offline()`` on synthetic DPO pairs, timed per
    optimizer step from its train_metrics.jsonl, the first steps left out as warm-up. The reference
-   log-probs are precomputed once before the steps (train()'s design), so the timed steps hold no
+   log-probs are precomputed once before the steps (train_offline()'s design), so the timed steps hold no
    reference forward: model FLOPs = 6 * params * tokens (real tokens of the packed batches: each
    prompt once, both completions). ``train_mfu`` = FLOPs / seconds / the GPU's bf16 dense peak
    (by ``torch.cuda.get_device_name()``: H100/H200 SXM 989 TFLOP/s, H100 PCIe 756, A100 312,
@@ -36,7 +36,7 @@ Three parts, each timed and printed:
 The models are built here (``model.to``-style, directly on ``--device`` in ``--dtype``) and handed
 to the stage functions, so the loop's own model loading (``loop.run``'s ``load_model`` calls, a
 ``train.reference: initial`` reference, an ``llm`` or ``reward_model`` judge loading its model) is
-not exercised. What it does reveal: ``train()`` places the model on accelerate's device (the first
+not exercised. What it does reveal: ``train_offline()`` places the model on accelerate's device (the first
 visible GPU, whatever device the model was on) with bf16 autocast on any GPU; a stage that moves
 the model or changes its dtype makes ``round_ok`` false and is printed as a PROBLEM line. With
 ``--quick`` there is one tiny config, so part 2 runs once.
@@ -250,12 +250,12 @@ def part_round(args, size: dict, shape: dict, tokenizer, work: Path) -> dict:
     n_pairs = len(read_jsonl(pairs))
 
     t = time.perf_counter()
-    # stages.train -> train.loop.train: the reference log-probs come from the policy itself (no
-    # reference_model given), on the accelerator's device. train() places the model on
+    # stages.train_model -> train.offline.train_offline: the reference log-probs come from the policy itself (no
+    # reference_model given), on the accelerator's device. train_offline() places the model on
     # accelerate's device (cuda whenever one is visible), whatever device the model was on.
     train_cfg = TrainConfig(loss=LossConfig(name="dpo", params={"beta": 0.1}), lr=1e-5,
                             batch_size=size["round_batch"], max_length=1024, warmup_ratio=0.0, checkpoint_every=0)
-    summary = stages.train(model, tokenizer, pairs, rd / "train", train_cfg, progress=False)
+    summary = stages.train_model(model, tokenizer, pairs, rd / "train", train_cfg, progress=False)
     _sync(args.device)
     timings["train"] = time.perf_counter() - t
     check("train", model)
@@ -391,7 +391,7 @@ def peak_flops(args) -> tuple[float, str]:
 
 def part_mfu(args, size: dict, shape: dict, tokenizer, work: Path) -> dict:
     from ratchet.data.records import read_jsonl, write_jsonl
-    from ratchet.train.loop import train
+    from ratchet.train.offline import train_offline
 
     model = build_model(shape, args.device, args.train_dtype)
     params = n_params(model)
@@ -400,9 +400,9 @@ def part_mfu(args, size: dict, shape: dict, tokenizer, work: Path) -> dict:
     pairs = write_jsonl(work / "mfu" / "pairs.jsonl",
                         synthetic_pairs(batch * steps, size["mfu_completion_chars"]))
     t = time.perf_counter()
-    # The whole train(): tokenisation, reference log-probs (the policy at start, one forward over
+    # The whole train_offline(): tokenisation, reference log-probs (the policy at start, one forward over
     # every pair, before the steps), the steps (timed below from train_metrics.jsonl), saving.
-    summary = train(model, tokenizer, pairs, work / "mfu" / "out", loss="dpo", loss_params={"beta": 0.1}, lr=1e-6,
+    summary = train_offline(model, tokenizer, pairs, work / "mfu" / "out", loss="dpo", loss_params={"beta": 0.1}, lr=1e-6,
                     batch_size=batch, grad_accum=1, max_length=2048, warmup_ratio=0.0, max_grad_norm=1.0,
                     shuffle=False, checkpoint_every=0, progress=False)
     _sync(args.device)
@@ -423,7 +423,7 @@ def part_mfu(args, size: dict, shape: dict, tokenizer, work: Path) -> dict:
     mfu_nonembed = 6 * (params - embed) * toks / seconds / peak
     print(f"  {params / 1e6:.1f}M params ({(params - embed) / 1e6:.1f}M non-embedding) on {where}, "
           f"train dtype {args.train_dtype_name}, DPO, {gb} pairs/step, {len(rows)} steps, "
-          f"{toks / timed:.0f} tokens/step; train() took {total:.1f} s in all "
+          f"{toks / timed:.0f} tokens/step; train_offline() took {total:.1f} s in all "
           f"(tokenising, reference pass, steps, saving)")
     print(f"  timed steps {warm + 1}-{len(rows)}: {seconds / timed * 1e3:.0f} ms/step, {toks / seconds:.0f} tokens/s, "
           f"{flops / seconds / 1e12:.1f} TFLOP/s (6 * params * tokens); peak {peak / 1e12:.0f} TFLOP/s from {peak_from}"

@@ -11,7 +11,7 @@ no warm-up, linear decay, AdamW (fused), grad-norm clip 1.0, max_length 512 (not
 
 Each system runs in its own fresh process, ``--reps`` times, alternating which goes first; the
 table shows medians. Time is what a user waits for once the model is loaded: for ratchet the
-``train()`` call (tokenisation, reference log-prob precomputation on a fresh copy of the pairs
+``train_offline()`` call (tokenisation, reference log-prob precomputation on a fresh copy of the pairs
 file, training, saving the model); for TRL ``DPOTrainer(...)`` (tokenisation, its reference
 log-prob precomputation) plus ``trainer.train()`` (no saving). Peak RSS is
 ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of each child.
@@ -99,13 +99,13 @@ def _peak_rss_mb() -> float:
 
 def run_ratchet(pairs_file: Path, batch_size: int, work: Path, mode: str = "split") -> dict:
     from ratchet.models import load_model
-    from ratchet.train.loop import train
+    from ratchet.train.offline import train_offline
 
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
     fresh = work / "pairs.jsonl"  # a fresh copy: the reference log-probs are computed, not read from a cache
     shutil.copy(pairs_file, fresh)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    summary = train(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
+    summary = train_offline(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
                     batch_size=batch_size, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
                     max_grad_norm=1.0, shuffle=False, checkpoint_every=0, progress=False,
                     **({"max_forward_tokens": 256} if mode == "split" else {"gradient_checkpointing": True}))

@@ -369,4 +369,4 @@ def test_skip_invalid_is_suggested_only_by_train(tmp_path, made, tiny):
     rows[0]["chosen"] = ""
     bad = _write(tmp_path / "pairs.jsonl", rows)
     with pytest.raises(PairsError, match=r"pairs row 1: empty chosen completion$"):
-        stages.train(*tiny, bad, tmp_path / "t", TrainConfig(batch_size=2, max_length=400), progress=False)
+        stages.train_model(*tiny, bad, tmp_path / "t", TrainConfig(batch_size=2, max_length=400), progress=False)

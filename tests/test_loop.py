@@ -6,7 +6,7 @@ import pytest
 
 from ratchet import cli
 from ratchet.config import load_config
-from ratchet.loop import run as run_mod
+from ratchet.loop import model_cache
 from ratchet.loop import stages
 from ratchet.loop.manifest import StaleStageError
 from ratchet.loop.run import run_loop
@@ -70,8 +70,8 @@ def test_resume_skips_finished_stages_and_detects_changes(tmp_path, tiny_model_d
         return real_generate(model, tok, prompts, out, *a, **k)
 
     monkeypatch.setattr(stages, "generate", generate)
-    real_train = stages.train
-    monkeypatch.setattr(stages, "train", lambda *a, **k: (calls.append("train"), real_train(*a, **k))[1])
+    real_train = stages.train_model
+    monkeypatch.setattr(stages, "train_model", lambda *a, **k: (calls.append("train"), real_train(*a, **k))[1])
     run_loop(load_config(None, o), progress=False)
     assert calls == ["train", "generate answers.jsonl"]  # sampling was not redone; eval of the new model was
     # a changed recipe that invalidates a finished stage is reported, not mixed
@@ -90,6 +90,6 @@ def test_report_command(tmp_path, tiny_model_dir, length_judge, capsys):
 def test_model_id_changes_with_weights(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "w").write_text("a")
-    first = run_mod.model_id(str(tmp_path / "m"))
+    first = model_cache.model_id(str(tmp_path / "m"))
     (tmp_path / "m" / "w").write_text("ab")
-    assert run_mod.model_id(str(tmp_path / "m")) != first
+    assert model_cache.model_id(str(tmp_path / "m")) != first

@@ -11,7 +11,7 @@ import torch
 
 from ratchet import cli
 from ratchet.config import ConfigError, load_config
-from ratchet.loop import run as run_mod
+from ratchet.loop import model_cache
 from ratchet.loop import stages
 from ratchet.models import ModelNotFoundError, load_model, resolve_model
 
@@ -68,14 +68,14 @@ def test_dtype_and_device_reach_every_stage(tmp_path, tiny_model_dir, length_jud
     """A bfloat16 round on the CPU: every model load gets the recipe's options, and every stage that
     runs a model gets it in bfloat16."""
     loads, seen = [], []
-    real_load = run_mod.load_model
+    real_load = model_cache.load_model
 
     def load(path, **options):
         loads.append(options)
         return real_load(path, **options)
 
-    monkeypatch.setattr(run_mod, "load_model", load)
-    for name in ("generate", "train", "evaluate"):
+    monkeypatch.setattr(model_cache, "load_model", load)
+    for name in ("generate", "train_model", "evaluate"):
         real = getattr(stages, name)
 
         def spy(model, *a, _real=real, _name=name, **k):
@@ -87,7 +87,7 @@ def test_dtype_and_device_reach_every_stage(tmp_path, tiny_model_dir, length_jud
     o = _overrides(tmp_path, tiny_model_dir) + ["name=bf16", "model.dtype=bfloat16", "model.device=cpu"]
     assert cli.main(["loop", *o]) == 0
     assert loads and all(opt["dtype"] == "bfloat16" and opt["device"] == "cpu" for opt in loads)
-    assert {n for n, _, _ in seen} == {"generate", "train", "evaluate"}
+    assert {n for n, _, _ in seen} == {"generate", "train_model", "evaluate"}
     assert all(dtype == torch.bfloat16 and device == "cpu" for _, dtype, device in seen), seen
     trained = json.loads((tmp_path / "runs" / "bf16" / "round_1" / "train" / "train_summary.json").read_text())
     assert trained["steps"] >= 1 and trained["final"]["loss"] == trained["final"]["loss"]  # finite, not NaN

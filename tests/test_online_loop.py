@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ratchet.config import ConfigError, load_config
-from ratchet.loop import online
+from ratchet.loop import online_round
 from ratchet.loop.run import run_loop
 
 from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
@@ -36,7 +36,7 @@ def test_rloo_round_trains_on_its_prompts_and_resumes(tmp_path, tiny_model_dir, 
     assert (r1 / "train" / "model" / "model.safetensors").exists()
 
     calls = []
-    monkeypatch.setattr(online, "train_stage", lambda *a, **k: calls.append("train"))
+    monkeypatch.setattr(online_round, "train_online_stage", lambda *a, **k: calls.append("train"))
     run_loop(load_config(None, o), progress=False)
     assert calls == []  # finished stages are skipped
 
@@ -64,4 +64,4 @@ def test_score_rounds_run_stage_one_then_two_and_evaluate_both_attempts(tmp_path
 def test_score_stage_is_not_a_recipe_parameter(tmp_path, tiny_model_dir, length_judge):
     cfg = load_config(None, _overrides(tmp_path, tiny_model_dir) + ["train.loss.name=score", "train.loss.stage=1"])
     with pytest.raises(ConfigError, match="online.stage_one_rounds"):
-        online.objective_params(cfg, 1)
+        online_round.objective_params(cfg, 1)

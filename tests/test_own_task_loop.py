@@ -143,13 +143,14 @@ def test_win_rate_against_gold_answers(tmp_path, tiny_model_dir, qa, monkeypatch
 
 
 def test_bad_recipes_fail_before_any_model_loads(tmp_path, tiny_model_dir, qa, monkeypatch, capsys):
+    import ratchet.loop.model_cache as model_cache
     import ratchet.loop.run as run_mod
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(run_mod, "resolve_model", no_model)
-    monkeypatch.setattr(run_mod, "load_model", no_model)
+    monkeypatch.setattr(model_cache, "load_model", no_model)
     base = _own(tmp_path, tiny_model_dir, qa, "name=bad")
     for extra, expected in ((["task.fields.answer=capital"], "no column 'capital' (task.fields.answer)"),
                             (["judge.name=exact", "judge.params.match=fuzzy"], "judge: match: expected one of"),

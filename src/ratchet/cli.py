@@ -165,7 +165,7 @@ def _train(args, cfg):
 
     model, tok = load_model(args.model, **cfg.model.load_options())
     out, save = _stage_output(args.out, cfg)
-    summary = stages.train(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid,
+    summary = stages.train_model(model, tok, Path(args.pairs), out, cfg.train, skip_invalid=args.skip_invalid,
                            revision_template=cfg.revise.template, resume=args.resume, invalid_hint=SKIP_HINT)
     save()
     print(f"train: {summary['pairs']} pairs, {summary['steps']} steps, final loss {summary['final'].get('loss')}, "

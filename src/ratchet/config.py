@@ -420,7 +420,7 @@ class OnlineConfig:
     ``train.batch_size * train.grad_accum`` prompts, samples ``generate.k`` completions of each from
     the current policy (``generate``'s sampler, temperature, top_p, max_new_tokens, stop) and
     rewards them, so a round of ``task.train_prompts`` prompts draws train_prompts x k samples, as
-    an offline round does (``ratchet.loop.online``)."""
+    an offline round does (``ratchet.loop.online_round``)."""
 
     def __post_init__(self) -> None:
         if self.reward not in ("judge", "self_loglik"):

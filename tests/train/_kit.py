@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ratchet.data.records import write_jsonl
-from ratchet.train.loop import train
+from ratchet.train.offline import train_offline
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def run(model_dir, pairs: Path, out: Path, *, dropout: float = 0.0, **kw) -> dic
     for layer in model.model.layers:
         layer.self_attn.attention_dropout = dropout
     kw = {"lr": 1e-3, "batch_size": 4, "max_length": 256, "progress": False, "warmup_ratio": 0.0, **kw}
-    return train(model, tok, pairs, out, **kw)
+    return train_offline(model, tok, pairs, out, **kw)
 
 
 def metrics(out: Path) -> list[dict]:

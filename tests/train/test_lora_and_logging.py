@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from ratchet.logprobs import packed_logps
 from ratchet.train.batches import pack, prepare_pairs
-from ratchet.train.loop import train
+from ratchet.train.offline import train_offline
 from ratchet.train.reference import compute_reference_logps
 
 from _kit import fresh_model, metrics, one_thread, pair_rows, write_pairs
@@ -48,7 +48,7 @@ def test_lora_training_changes_only_the_adapter(tmp_path, tiny_model_dir):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     pairs = write_pairs(tmp_path / "pairs.jsonl", 8)
-    train(peft, tok, pairs, tmp_path / "run", lr=1e-2, batch_size=4, progress=False, gradient_checkpointing=True)
+    train_offline(peft, tok, pairs, tmp_path / "run", lr=1e-2, batch_size=4, progress=False, gradient_checkpointing=True)
     adapter = load_file(str(tmp_path / "run" / "model" / "adapter_model.safetensors"))
     assert adapter and all("lora_" in k for k in adapter)
     assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)
@@ -80,7 +80,7 @@ def test_metrics_go_to_jsonl_and_trackers(tmp_path, tiny_model_dir):
     model, tok = fresh_model(tiny_model_dir)
     tracker = ListTracker()
     pairs = write_pairs(tmp_path / "pairs.jsonl", 8)
-    train(model, tok, pairs, tmp_path / "run", batch_size=4, progress=False, log_with=[tracker])
+    train_offline(model, tok, pairs, tmp_path / "run", batch_size=4, progress=False, log_with=[tracker])
     rows = metrics(tmp_path / "run")
     assert [s for s, _ in tracker.rows] == [r["step"] for r in rows] == [1, 2]
     assert tracker.config["loss"] == "dpo" and tracker.config["beta"] == 0.1

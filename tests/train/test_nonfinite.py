@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ratchet.losses import LOSSES, DPOParams, LossSpec, dpo_loss
-from ratchet.train import checkpoint, loop
-from ratchet.train.loop import NonFiniteError
+from ratchet.train import checkpoint, offline
+from ratchet.train.offline import NonFiniteError
 
 from _kit import metrics, one_thread, run, write_pairs
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 def test_nan_loss_names_step_and_row(tmp_path, tiny_model_dir, monkeypatch):
     pairs = write_pairs(tmp_path / "pairs.jsonl", 8)
-    precompute = loop._precompute
+    precompute = offline._precompute
 
     def corrupt(model, examples, *a, **kw):  # a NaN reference log-prob for pairs row 7
         out = precompute(model, examples, *a, **kw)
@@ -25,7 +25,7 @@ def test_nan_loss_names_step_and_row(tmp_path, tiny_model_dir, monkeypatch):
             out["ref_chosen_logps"][[e.row for e in examples].index(7)] = float("nan")
         return out
 
-    monkeypatch.setattr(loop, "_precompute", corrupt)
+    monkeypatch.setattr(offline, "_precompute", corrupt)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteError) as err:
         run(tiny_model_dir, pairs, out, batch_size=2, shuffle=False, checkpoint_every=2)

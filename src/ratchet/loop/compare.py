@@ -29,7 +29,7 @@ from ratchet.config import LossConfig, RunConfig, save_config, to_dict
 from ratchet.data.records import read_jsonl, write_json
 from ratchet.loop import stages
 from ratchet.loop.manifest import run_stage
-from ratchet.loop.run import model_id
+from ratchet.loop.model_cache import model_id
 from ratchet.models import load_model, resolve_model
 
 MODELS = ("base", "dpo", "srpo")
@@ -77,7 +77,7 @@ def _train(cfg: RunConfig, out: Path, name: str, loss: LossConfig, pairs: Path, 
     train_dir = out / f"train_{name}"
     run_stage(out, f"train_{name}", {"train": to_dict(train_cfg), "revise_template": cfg.revise.template,
                                      "model": model_id(base, cfg.model.load_options())}, [pairs], [train_dir / "model"],
-              lambda: stages.train(*_load(cfg, base), pairs, train_dir, train_cfg,
+              lambda: stages.train_model(*_load(cfg, base), pairs, train_dir, train_cfg,
                                    revision_template=cfg.revise.template, progress=progress))
     return str(train_dir / "model")
 

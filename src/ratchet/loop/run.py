@@ -37,50 +37,16 @@ from ratchet.console import LoopStatus
 from ratchet.loop.manifest import claim, run_stage, stage_seconds, watch
 from ratchet.loop.trackers import RoundLog
 from ratchet.losses import LOSSES
-from ratchet.models import load_model, resolve_model
+from ratchet.loop.model_cache import ModelCache
+from ratchet.loop import online_round
+from ratchet.models import resolve_model
 
 
-def model_id(path: str, load: dict | None = None) -> dict:
-    """A cheap identity of a model as a stage ran it: the directory's path plus each file's size and
-    mtime, and how it was loaded (``model`` options: dtype, device...), which change its outputs."""
-    p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-    identity = {"path": str(p), "files": {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in files}}
-    return identity | ({"load": load} if load else {})
-
-
-class _Models:
-    """Loads a model only when a stage actually has to run, and keeps the one in use; every model is
-    loaded with the recipe's ``model`` options (dtype, device, ...)."""
-
-    def __init__(self, options: dict | None = None):
-        self.path, self.pair, self.options = None, None, dict(options or {})
-
-    def get(self, path: str):
-        if self.path != path:
-            self.pair, self.path = None, None  # the old model's memory is free before the new one loads
-            self.pair, self.path = load_model(path, **self.options), path
-        return self.pair
-
-    def load(self, path: str):
-        """Another model (a reference), loaded alongside the one in use."""
-        return load_model(path, **self.options)
-
-    def id(self, path: str) -> dict:
-        """``model_id`` of ``path`` as these models load it, for stage manifests."""
-        return model_id(path, self.options)
-
-    def forget(self):
-        self.path, self.pair = None, None
-
-
-def _evaluate(cfg: RunConfig, task, models: _Models, model_path: str, heldout: Path, out_dir: Path,
+def _evaluate(cfg: RunConfig, task, models: ModelCache, model_path: str, heldout: Path, out_dir: Path,
               round_dir: Path, progress: bool) -> dict:
     """The held-out evaluation of ``model_path``; a win rate is against round 0's answers when the
     task has no reference answers."""
-    from ratchet.loop import online
-
-    evaluate, extra = online.evaluation(cfg)  # SCoRe: attempt 2 after the self-correction instruction too
+    evaluate, extra = online_round.evaluation(cfg)  # SCoRe: attempt 2 after the self-correction instruction too
     base_answers = cfg.run_dir() / "round_0" / "eval" / "answers.jsonl"
     reference = base_answers if round_dir.name != "round_0" else None
     run_stage(round_dir, "evaluate", {"evaluate": to_dict(cfg.evaluate), "judge": to_dict(cfg.judge),
@@ -96,14 +62,20 @@ def heldout_value(metrics: dict) -> float | None:
 
 
 def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_path: str, heldout: Path, r: int,
-              models: _Models, *, progress: bool = True) -> dict:
+              models: ModelCache, *, progress: bool = True) -> dict:
     """One round from ``model_path``; returns its metrics (the trained model is in round_dir/train/model)."""
-    from ratchet.loop import online
+    evaluate = lambda path: _evaluate(cfg, task, models, path, heldout, round_dir / "eval",  # noqa: E731
+                                      round_dir, progress)
+    if online_round.is_online(cfg):  # on-policy (RLOO, SCoRe): no generate/judge/pair stages, samples drawn in training
+        return online_round.run_online_round(cfg, task, round_dir, model_path, reference_path, r, models,
+                                             progress=progress, evaluate=evaluate)
+    return run_offline_round(cfg, task, round_dir, model_path, reference_path, r, models, progress=progress,
+                             evaluate=evaluate)
 
-    if online.is_online(cfg):  # on-policy (RLOO, SCoRe): no generate/judge/pair stages, samples drawn in training
-        return online.run_round(cfg, task, round_dir, model_path, reference_path, r, models, progress=progress,
-                                evaluate=lambda path: _evaluate(cfg, task, models, path, heldout, round_dir / "eval",
-                                                                round_dir, progress))
+
+def run_offline_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_path: str, r: int,
+                      models: ModelCache, *, progress: bool, evaluate) -> dict:
+    """generate -> judge -> pair -> train on the samples of ``model_path``, then ``evaluate`` the trained model."""
     p, c, j, pairs = (round_dir / f for f in ("prompts.jsonl", "completions.jsonl", "judgments.jsonl", "pairs.jsonl"))
     run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "data": task.fingerprint(), "round": r}, [], [p],
               lambda: stages.make_prompts(task, "train", p, cfg.task.train_prompts, round=r))
@@ -144,23 +116,22 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
         return metrics
     train_dir = round_dir / "train"
 
-    def train():
+    def train_model():
         claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint
-        reference = None if reference_path == model_path else models.load(reference_path)[0]
-        stages.train(*models.get(model_path), pairs, train_dir, cfg.train, reference_model=reference,
-                     reference_id=json.dumps(models.id(reference_path)),
-                     revision_template=cfg.revise.template, resume=True, report_to=cfg.log.report_to,
-                     progress=progress)
+        reference = None if reference_path == model_path else models.load(reference_path).model
+        stages.train_model(*models.get(model_path), pairs, train_dir, cfg.train, reference_model=reference,
+                           reference_id=json.dumps(models.id(reference_path)),
+                           revision_template=cfg.revise.template, resume=True, report_to=cfg.log.report_to,
+                           progress=progress)
         models.forget()  # the object in memory is now the trained model, not model_path's
 
     key = {"train": to_dict(cfg.train), "model": models.id(model_path), "reference": models.id(reference_path)}
     if any("revise_" in name for name in LOSSES[cfg.train.loss.name].inputs):  # SRPO trains on revision prompts
         key["revise_template"] = cfg.revise.template
-    run_stage(round_dir, "train", key, [pairs], [train_dir / "model"], train)
+    run_stage(round_dir, "train", key, [pairs], [train_dir / "model"], train_model)
     summary = json.loads((train_dir / "train_summary.json").read_text())
     metrics["train_loss"] = summary["final"].get("loss")
-    metrics.update(_evaluate(cfg, task, models, str(train_dir / "model"), heldout, round_dir / "eval", round_dir,
-                             progress))
+    metrics.update(evaluate(str(train_dir / "model")))
     write_json(round_dir / "metrics.json", metrics)
     return metrics
 
@@ -209,7 +180,7 @@ def _run_loop(cfg: RunConfig, status: LoopStatus, *, progress: bool) -> dict:
     heldout = run_dir / "heldout.jsonl"
     run_stage(run_dir / "round_0", "heldout", {"task": to_dict(cfg.task), "data": task.fingerprint()}, [], [heldout],
               lambda: stages.make_prompts(task, "heldout", heldout, cfg.task.heldout_prompts))
-    models = _Models(cfg.model.load_options())
+    models = ModelCache(cfg.model.load_options())
     base = _evaluate(cfg, task, models, initial, heldout, run_dir / "round_0" / "eval", run_dir / "round_0", progress)
     metric = base.get("metric", "accuracy")
     rounds = [{"round": 0, **base, "kept": True}]

@@ -233,7 +233,7 @@ def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> 
         p["ref_response"], p["ref_response_complete"] = sample["text"], is_complete(sample)
 
 
-def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
+def train_model(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
           reference_model=None, reference_id: str = "policy-at-start", revision_template: str = "revision",
           resume: bool = False, report_to: list[str] = (), progress: bool = True,
           invalid_hint: str | None = None) -> dict:
@@ -257,10 +257,10 @@ def train(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, ski
 
 
 def _train_pairs(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, **kwargs) -> dict:
-    """``train.loop.train`` with ``cfg`` unpacked into its flat arguments."""
-    from ratchet.train.loop import train as train_loop  # torch-heavy; import when training
+    """``train.offline.train_offline`` with ``cfg`` unpacked into its flat arguments."""
+    from ratchet.train.offline import train_offline  # torch-heavy; import when training
 
-    return train_loop(model, tokenizer, pairs, out_dir, loss=cfg.loss.name, loss_params=cfg.loss.params, lr=cfg.lr,
+    return train_offline(model, tokenizer, pairs, out_dir, loss=cfg.loss.name, loss_params=cfg.loss.params, lr=cfg.lr,
                       epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
                       max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, **kwargs)

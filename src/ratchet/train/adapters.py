@@ -1,6 +1,6 @@
 """LoRA for the trainers: wrap a model with an adapter before training, merge it after.
 
-One place for what both trainers (``train.loop`` on files of pairs, ``train.online`` on-policy)
+One place for what both trainers (``train.offline`` on files of pairs, ``train.online`` on-policy)
 and the loop need: ``add_lora`` wraps a model (or keeps training the adapter it already carries,
 as a model loaded from an unmerged adapter directory does), ``save_merged`` replaces a saved
 adapter directory by the full merged model, atomically. With an adapter the reference of a

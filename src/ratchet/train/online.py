@@ -10,7 +10,7 @@ seed) -> Rollout``, which samples with the model being trained and scores the sa
     -> reference log-probs (no grad) -> per micro-batch: policy log-probs, objective, backward
     -> clip -> NaN/inf check -> optimizer and schedule step -> metrics row, rollouts rows, checkpoint
 
-Conventions shared with ``train.loop``: the same accelerator set-up, checkpoints
+Conventions shared with ``train.offline``: the same accelerator set-up, checkpoints
 (``train.checkpoint``; resuming redoes no finished step and refuses a changed run), metrics
 (``train.metrics``), NaN/inf stop (``NonFiniteError``) and output files, plus
 ``rollouts.jsonl`` (one row per prompt and step: samples, rewards, judge details). Log-probs are
@@ -22,7 +22,7 @@ ended by itself), so on-policy and offline rounds train on the same token sequen
 Objective inputs by name: ``policy_<seq>_logps`` / ``ref_<seq>_logps`` are [prompts, k] summed
 log-probs of the rollout's sequence ``<seq>`` (``policy_logps`` / ``ref_logps``: the sequence
 ``completion``); any other input is a [prompts, k] number from ``Rollout.values`` (``rewards``).
-One process only (sampling runs on the unwrapped model); bf16 autocast on a GPU as in train.loop.
+One process only (sampling runs on the unwrapped model); bf16 autocast on a GPU as in train.offline.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES, LossSpec
 from ratchet.train import checkpoint
 from ratchet.train.batches import pack
-from ratchet.train.loop import NonFiniteError, _accelerator, prepare_optimization
+from ratchet.train.offline import NonFiniteError, _accelerator, prepare_optimization
 from ratchet.train.metrics import MetricsLog, StepMetrics
 from ratchet.train.reference import compute_reference_logps
 
@@ -182,7 +182,7 @@ def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
     recorded in the summary and checked on resume. Returns the summary (train_summary.json)."""
     spec = LOSSES[loss]
     if not spec.on_policy:
-        raise ValueError(f"objective {loss!r} trains on {spec.data} files (ratchet.train.loop), not on-policy")
+        raise ValueError(f"objective {loss!r} trains on {spec.data} files (ratchet.train.offline), not on-policy")
     params = spec.make_params(**(loss_params or {}))
     policy_names, ref_names = objective_sequences(spec)
     names = tuple(dict.fromkeys(policy_names + ref_names))
@@ -206,7 +206,7 @@ def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
     if reference is model:
         model.train()
 
-    # ---- model, optimizer, schedule (as train.loop)
+    # ---- model, optimizer, schedule (as train.offline)
     per_step = batch_size * grad_accum
     steps_per_epoch = math.ceil(len(prompts) / per_step)
     total_steps = steps_per_epoch * epochs

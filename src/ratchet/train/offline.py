@@ -109,7 +109,7 @@ def prepare_optimization(accelerator, model, *, lr: float, weight_decay: float, 
     return policy, optimizer, scheduler
 
 
-def train(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss: str = "dpo",
+def train_offline(model, tokenizer, pairs_path: str | Path, out_dir: str | Path, *, loss: str = "dpo",
           loss_params: dict | None = None, lr: float = 1e-5, epochs: int = 1, batch_size: int = 8,
           grad_accum: int = 1, max_length: int = 256, warmup_ratio: float = 0.1, weight_decay: float = 0.0,
           max_grad_norm: float = 1.0, seed: int = 0, skip_invalid: bool = False, reference_model=None,

@@ -27,6 +27,7 @@ from ratchet.generate.base import SamplingParams
 from ratchet.judge import build_judge
 from ratchet.loop import stages
 from ratchet.loop.manifest import claim, run_stage
+from ratchet.loop.model_cache import ModelCache
 from ratchet.loop.rollouts import judge_reward, self_loglik_reward, single_turn, two_turn
 from ratchet.losses import LOSSES
 
@@ -53,8 +54,8 @@ def _sampling(cfg: GenerateConfig, rows: list[dict], task) -> SamplingParams:
                           stop=stages.stop_strings(cfg.stop, task, rows), seed=cfg.seed)
 
 
-def train_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunConfig, *, loss_params: dict,
-                reference_model=None, task=None, progress: bool = True) -> dict:
+def train_online_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunConfig, *, loss_params: dict,
+                       reference_model=None, task=None, progress: bool = True) -> dict:
     """On-policy training of ``model`` on the prompts file; ``reference_model`` None: the model as given."""
     from ratchet.train.adapters import add_lora, is_peft, save_merged
     from ratchet.train.online import train_online  # torch-heavy; import when training
@@ -96,8 +97,8 @@ def _step_means(path: Path, keys: tuple[str, ...]) -> dict:
     return out | {f"{k}_mean": sum(r[k] for r in rows) / len(rows) for k in keys if all(k in r for r in rows)}
 
 
-def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_path: str, r: int, models, *,
-              evaluate, progress: bool = True) -> dict:
+def run_online_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_path: str, r: int,
+                     models: ModelCache, *, evaluate, progress: bool = True) -> dict:
     """One on-policy round from ``model_path``; ``evaluate(model_path)`` gives the held-out metrics."""
     p, train_dir = round_dir / "prompts.jsonl", round_dir / "train"
     run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "data": task.fingerprint(), "round": r}, [], [p],
@@ -108,14 +109,14 @@ def run_round(cfg: RunConfig, task, round_dir: Path, model_path: str, reference_
            "generate": to_dict(cfg.generate), "judge": to_dict(cfg.judge), "model": models.id(model_path),
            "reference": models.id(reference_path)}
 
-    def train():
+    def train_model():
         claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint
-        reference = None if reference_path == model_path else models.load(reference_path)[0]
-        train_stage(*models.get(model_path), p, train_dir, cfg, loss_params=params, reference_model=reference,
-                    task=task, progress=progress)
+        reference = None if reference_path == model_path else models.load(reference_path).model
+        train_online_stage(*models.get(model_path), p, train_dir, cfg, loss_params=params, reference_model=reference,
+                           task=task, progress=progress)
         models.forget()  # the object in memory is now the trained model, not model_path's
 
-    run_stage(round_dir, "train", key, [p], [train_dir / "model"], train)
+    run_stage(round_dir, "train", key, [p], [train_dir / "model"], train_model)
     summary = json.loads((train_dir / "train_summary.json").read_text())
     metrics = {"round": r, "train_loss": summary["final"].get("loss"), "samples": summary["samples"],
                "temperature": cfg.generate.temperature, **({"score_stage": params["stage"]} if "stage" in params else {}),

@@ -8,7 +8,7 @@ from transformers import DynamicCache
 
 from ratchet.data.tokenize import prompt_ids
 from ratchet.generate import engine
-from ratchet.generate.base import SamplingParams
+from ratchet.generate.base import PromptTooLongError, SamplingParams
 from ratchet.generate.engine import CachedSampler, SlotCache, drop_rows, sample_tokens
 from ratchet.generate.hf import HFSampler
 
@@ -163,11 +163,13 @@ def test_empty_prompt_list(tiny):
     assert CachedSampler(model, tokenizer, progress=False).sample([], SamplingParams(k=4)) == []
 
 
-def test_prompt_longer_than_context_is_named(tiny):
+@pytest.mark.parametrize("sampler", [CachedSampler, HFSampler])
+def test_prompt_longer_than_context_is_named(tiny, sampler):
     model, tokenizer = tiny
     prompts = [[{"role": "user", "content": "short"}], [{"role": "user", "content": "far too long " * 60}]]
-    with pytest.raises(ValueError, match=r"prompt 1 \('far too long.*exceeds the model's context of 512"):
-        CachedSampler(model, tokenizer, progress=False).sample(prompts, SamplingParams(k=2, max_new_tokens=32))
+    with pytest.raises(PromptTooLongError, match=r"prompt 1 \('far too long.*exceeds the model's context of 512") as e:
+        sampler(model, tokenizer, progress=False).sample(prompts, SamplingParams(k=2, max_new_tokens=32))
+    assert e.value.index == 1
 
 
 def test_sampling_follows_the_distribution_and_top_p():

@@ -34,18 +34,21 @@ def test_human_eval_has_164_tasks(tasks):
     assert all(t.canonical_solution for t in tasks)
 
 
+@pytest.mark.slow
 def test_all_canonical_solutions_pass(tasks, sandbox):
     results = sandbox.run_many([t.job(t.canonical_solution) for t in tasks])
     failed = [(t.task_id, r.reason, r.tests[0].message or r.message) for t, r in zip(tasks, results) if not r.passed]
     assert failed == []
 
 
+@pytest.mark.slow
 def test_every_corrupted_solution_fails(tasks, sandbox):
     results = sandbox.run_many([t.job(_corrupt(t.canonical_solution)) for t in tasks])
     passed = [t.task_id for t, r in zip(tasks, results) if r.verdict != "fail"]
     assert passed == []
 
 
+@pytest.mark.slow
 def test_full_function_in_a_markdown_fence_works(tasks, sandbox):
     task = tasks[0]
     signature = re.search(rf"^def {task.entry_point}\(.*$", task.prompt, re.MULTILINE).group(0)
@@ -53,6 +56,7 @@ def test_full_function_in_a_markdown_fence_works(tasks, sandbox):
     assert sandbox.run(task.job(completion)).passed
 
 
+@pytest.mark.slow
 def test_the_answer_key_is_hidden_from_programs(sandbox):
     peek = Job(f"def peek():\n    return len(open({str(human_eval_path())!r}, 'rb').read())\n", "peek",
                ("assert peek() > 1000",))
@@ -74,6 +78,7 @@ def test_extract_code():
     assert extract_code("```python\ndef f():\n    return 3\n", "f") == "def f():\n    return 3\n"  # unclosed
 
 
+@pytest.mark.slow
 def test_unit_test_judge_by_record_and_by_id(tasks, sandbox):
     task = tasks[2]
     judge = UnitTestJudge(sandbox, tasks)
@@ -85,6 +90,7 @@ def test_unit_test_judge_by_record_and_by_id(tasks, sandbox):
         UnitTestJudge(sandbox).judge({"id": "nope"}, ["x"])
 
 
+@pytest.mark.slow
 def test_jsonl_tasks_load_and_run(tmp_path, sandbox):
     row = {"task_id": "t/0", "prompt": "def inc(x):\n", "entry_point": "inc",
            "test": "def check(candidate):\n    assert candidate(1) == 2\n", "canonical_solution": "    return x + 1\n"}

@@ -8,7 +8,7 @@ import torch
 
 from ratchet.losses import LOSSES, DPOParams, LossSpec, dpo_loss
 from ratchet.train import checkpoint, offline
-from ratchet.train.offline import NonFiniteError
+from ratchet.train.runtime import NonFiniteError
 
 from _kit import metrics, one_thread, run, write_pairs
 
@@ -51,7 +51,7 @@ def _exploding_gradient_dpo(*, policy_chosen_logps, policy_rejected_logps, ref_c
 
 def test_nan_gradient_stops_before_the_update(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setitem(LOSSES, "trap", LossSpec(name="trap", fn=_exploding_gradient_dpo, params=DPOParams,
-                                                 needs_reference=True, data="paired"))
+                                                 data="paired", reads=LOSSES["dpo"].reads))
     pairs = write_pairs(tmp_path / "pairs.jsonl", 8)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteError) as err:

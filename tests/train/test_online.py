@@ -34,7 +34,7 @@ def _run(model_dir, out, **kw):
     model, tok = fresh_model(model_dir)
     sampler = CachedSampler(model, tok, batch_size=16, progress=False)
     params = SamplingParams(k=4, temperature=1.0, max_new_tokens=8)
-    kw = {"lr": 1e-3, "batch_size": 2, "progress": False, "checkpoint_every": 1, **kw}
+    kw = {"lr": 1e-3, "batch_size": 2, "progress": False, "checkpoint_every": 1, "warmup_ratio": 0.0, **kw}
     return train_online(model, tok, PROMPTS, out, rollout=single_turn(sampler, params, judge_reward(VowelJudge())),
                         loss="rloo", loss_params={"beta": 0.1}, rollout_config={"k": 4}, **kw)
 
@@ -59,6 +59,7 @@ def test_online_training_writes_metrics_rollouts_and_a_model(tmp_path, tiny_mode
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_crashed_run_resumes_exactly(tmp_path, tiny_model_dir, monkeypatch):
     full = tmp_path / "full"
     _run(tiny_model_dir, full, epochs=2)

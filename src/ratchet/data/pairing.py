@@ -2,7 +2,7 @@
 
 Judges output scores; this module alone decides what becomes a training example. It knows
 nothing of models, tokenizers or losses. Section numbers below refer to
-``/work/shared/notes/ALGORITHMS.md``.
+``docs/algorithms.md`` (section 10 there lists the strategies).
 
 Pair strategies. Each is one function ``(completions_row, judgments_row, *, max_pairs, rng,
 **params) -> list[pair]`` in the hand-written ``STRATEGIES`` dict; its extra parameters are
@@ -51,7 +51,9 @@ def _pair(row: dict, scores: list[float], i: int, j: int) -> dict:
     }
 
 
-def _distinct(indices: list[int], texts: list[str]) -> list[int]:
+def distinct(indices: list[int], texts: list[str]) -> list[int]:
+    """``indices`` in order, without any whose text (``texts[i]``) an earlier one already has:
+    a repeated sample is one example, not several (RFT dedups reasoning paths)."""
     seen, out = set(), []
     for i in indices:
         if texts[i] not in seen:
@@ -60,19 +62,20 @@ def _distinct(indices: list[int], texts: list[str]) -> list[int]:
     return out
 
 
-def _texts(row: dict) -> list[str]:
+def completion_texts(row: dict) -> list[str]:
+    """The texts of a completions row's samples, in sample order."""
     return [c["text"] for c in row["completions"]]
 
 
-def _correct(judged: dict) -> list[bool | None]:
+def correctness(judged: dict) -> list[bool | None]:
     """Per-completion correctness; ``None`` = unknown (e.g. a sandbox error), never paired."""
     return judged.get("correct") or [s > 0.5 for s in judged["scores"]]
 
 
 def _split(labels: list[bool | None], texts: list[str]) -> tuple[list[int], list[int]]:
     """Indices labelled true and false (``None`` in neither), each without repeated texts."""
-    good = _distinct([i for i, ok in enumerate(labels) if ok is not None and ok], texts)
-    bad = _distinct([i for i, ok in enumerate(labels) if ok is not None and not ok], texts)
+    good = distinct([i for i, ok in enumerate(labels) if ok is not None and ok], texts)
+    bad = distinct([i for i, ok in enumerate(labels) if ok is not None and not ok], texts)
     return good, bad
 
 
@@ -110,7 +113,7 @@ def correct_vs_incorrect(row: dict, judged: dict, *, max_pairs: int, rng: random
     """Pairs of a correct and an incorrect completion of the same prompt (distinct texts),
     at most ``max_pairs`` drawn at random from all correct x incorrect combinations. Completions
     whose correctness is unknown (``None``) take no part."""
-    texts, correct = _texts(row), _correct(judged)
+    texts, correct = completion_texts(row), correctness(judged)
     good, bad = _split(correct, texts)
     combos = [(i, j) for i in good for j in bad]
     rng.shuffle(combos)
@@ -129,13 +132,13 @@ def best_vs_worst(row: dict, judged: dict, *, max_pairs: int, rng: random.Random
 
 def best_vs_random(row: dict, judged: dict, *, max_pairs: int, rng: random.Random) -> list[dict]:
     """The highest-scored completion against up to ``max_pairs`` random other completions with a
-    strictly lower score (distinct texts): the UltraFeedback pairing used by RA (section 5 (b) 1,
-    "Chosen = completion with max overall_score. Rejected = a random other completion")."""
-    scores, texts = judged["scores"], _texts(row)
+    strictly lower score (distinct texts): the UltraFeedback pairing used by RA (section 5 (b) 1:
+    the highest-scored completion is chosen, a random other one rejected)."""
+    scores, texts = judged["scores"], completion_texts(row)
     best = max(range(len(scores)), key=lambda i: (scores[i], rng.random()), default=None)
     if best is None:
         return []
-    lower = _distinct([j for j in range(len(scores)) if scores[j] < scores[best]], texts)
+    lower = distinct([j for j in range(len(scores)) if scores[j] < scores[best]], texts)
     rng.shuffle(lower)
     return [_pair(row, scores, best, j) for j in lower[:max_pairs]]
 
@@ -147,8 +150,8 @@ def score_margin(row: dict, judged: dict, *, max_pairs: int, rng: random.Random,
     negatives >= 2 points below the positive on a 6-point rubric); ``margin`` must be > 0."""
     if margin <= 0:
         raise ValueError(f"score_margin: margin must be > 0, got {margin}")
-    scores, texts = judged["scores"], _texts(row)
-    idx = _distinct(list(range(len(scores))), texts)
+    scores, texts = judged["scores"], completion_texts(row)
+    idx = distinct(list(range(len(scores))), texts)
     combos = [(i, j) for i in idx for j in idx if scores[i] - scores[j] >= margin]
     rng.shuffle(combos)
     return [_pair(row, scores, i, j) for i, j in combos[:max_pairs]]
@@ -186,7 +189,7 @@ def rso(row: dict, judged: dict, *, max_pairs: int, rng: random.Random, beta: fl
     if beta <= 0 or num_samples < 2:
         raise ValueError(f"rso: need beta > 0 and num_samples >= 2, got beta={beta}, num_samples={num_samples}")
     scores = judged["scores"]
-    idx = _distinct(list(range(len(scores))), _texts(row))
+    idx = distinct(list(range(len(scores))), completion_texts(row))
     accepted = [idx[a] for a in rso_sample([scores[i] for i in idx], num_samples, beta, rng)]
     pairs = []
     for a, b in zip(accepted[0::2], accepted[1::2]):
@@ -207,10 +210,10 @@ def gold_vs_samples(row: dict, judged: dict, *, max_pairs: int, rng: random.Rand
     gold = row.get("gold", row.get("answer"))
     if gold is None:
         raise RecordError(f"gold_vs_samples: prompt {row['id']!r} has neither 'gold' nor 'answer'")
-    scores, texts = judged["scores"], _texts(row)
+    scores, texts = judged["scores"], completion_texts(row)
     gold_text = gold_template.format(gold=gold)
     worse = [j for j in range(len(scores)) if scores[j] <= gold_score - margin and texts[j] != gold_text]
-    worse = _distinct(sorted(worse, key=lambda j: (scores[j], rng.random())), texts)
+    worse = distinct(sorted(worse, key=lambda j: (scores[j], rng.random())), texts)
     return [{"id": row["id"], "messages": row["messages"], "chosen": gold_text, "rejected": texts[j],
              "chosen_score": gold_score, "rejected_score": scores[j],
              "chosen_complete": True, "rejected_complete": is_complete(row["completions"][j])}
@@ -346,7 +349,10 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def _check_params(kind: str, name: str, fn: Callable, params: dict, fixed: tuple[str, ...]) -> None:
+def check_params(kind: str, name: str, fn: Callable, params: dict, fixed: tuple[str, ...]) -> None:
+    """Raise ValueError if ``params`` names a key that is not one of ``fn``'s keyword-only
+    parameters (less ``fixed``, the ones the caller passes itself); ``kind`` and ``name`` say
+    what ``fn`` is in the message (e.g. "pair strategy", "rso")."""
     sig = inspect.signature(fn).parameters
     allowed = [p for p, s in sig.items() if s.kind is s.KEYWORD_ONLY and p not in fixed]
     for key in params:
@@ -354,7 +360,7 @@ def _check_params(kind: str, name: str, fn: Callable, params: dict, fixed: tuple
             raise ValueError(f"{kind} {name!r} has no parameter {key!r}; its parameters: {allowed or 'none'}")
 
 
-def _matched(completions: list[dict], judgments: list[dict]):
+def matched_rows(completions: list[dict], judgments: list[dict]):
     """(row, judged) in completions order; rows are matched by ``id`` (a mismatch is a ``RecordError``)."""
     by_id = {j["id"]: j for j in judgments}
     for n, row in enumerate(completions, start=1):
@@ -376,10 +382,10 @@ def build_pairs(completions: list[dict], judgments: list[dict], *, strategy: str
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown pair strategy {strategy!r}; expected one of {sorted(STRATEGIES)}")
     fn = STRATEGIES[strategy]
-    _check_params("pair strategy", strategy, fn, strategy_params, ("max_pairs", "rng"))
+    check_params("pair strategy", strategy, fn, strategy_params, ("max_pairs", "rng"))
     rng = random.Random(seed)
     pairs = []
-    for row, judged in _matched(completions, judgments):
+    for row, judged in matched_rows(completions, judgments):
         pairs += fn(row, judged, max_pairs=max_pairs_per_prompt, rng=rng, **strategy_params)
     kept = [p for p in pairs if p["chosen"] != p["rejected"]]
     if counts is not None:
@@ -392,7 +398,7 @@ def build_pairs(completions: list[dict], judgments: list[dict], *, strategy: str
 
 def label_by_correct(row: dict, judged: dict) -> list[bool | None]:
     """Desirable iff the judge says correct; unknown correctness (``None``) is left out."""
-    return list(_correct(judged))
+    return list(correctness(judged))
 
 
 def label_by_threshold(row: dict, judged: dict, *, threshold: float = 0.5) -> list[bool | None]:
@@ -416,11 +422,11 @@ def build_unpaired(completions: list[dict], judgments: list[dict], *, labeller: 
     if labeller not in LABELLERS:
         raise ValueError(f"unknown labeller {labeller!r}; expected one of {sorted(LABELLERS)}")
     fn = LABELLERS[labeller]
-    _check_params("labeller", labeller, fn, labeller_params, ())
+    check_params("labeller", labeller, fn, labeller_params, ())
     rng = random.Random(seed)
     rows = []
-    for row, judged in _matched(completions, judgments):
-        labels, texts = fn(row, judged, **labeller_params), _texts(row)
+    for row, judged in matched_rows(completions, judgments):
+        labels, texts = fn(row, judged, **labeller_params), completion_texts(row)
         good, bad = _split(labels, texts)
         rng.shuffle(good)
         rng.shuffle(bad)

@@ -52,17 +52,7 @@ def read_jsonl(path: str | Path, required: Sequence[str] = (), *, check: Callabl
                                   "expected a UTF-8 JSONL file") from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            except (ValueError, RecursionError) as e:  # an integer past Python's digit limit, nesting too deep
-                raise RecordError(f"{path}:{n}: not readable JSON ({str(e) or type(e).__name__})") from None
-            if not isinstance(row, dict):
-                raise RecordError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            if "\\ud" in line.lower() and _has_lone_surrogate(row):  # valid JSON, but no text to write back
-                raise RecordError(f"{path}:{n}: holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), "
-                                  "which is not text")
+            row = json_object(line, f"{path}:{n}")
             missing = [k for k in required if k not in row]
             if missing:
                 raise RecordError(f"{path}:{n}: missing key(s) {missing}; expected {list(required)}")
@@ -73,6 +63,22 @@ def read_jsonl(path: str | Path, required: Sequence[str] = (), *, check: Callabl
     if not rows and not empty_ok:
         raise RecordError(f"{path}: no rows (the file is empty); expected one JSON object per line")
     return rows
+
+
+def json_object(line: str, where: str) -> dict:
+    """One JSONL line parsed as a JSON object; a line that is not JSON, not an object, or holds an
+    unpaired UTF-16 surrogate escape is a ``RecordError`` that starts with ``where`` (``file:row``)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{where}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # an integer past Python's digit limit, nesting too deep
+        raise RecordError(f"{where}: not readable JSON ({str(e) or type(e).__name__})") from None
+    if not isinstance(row, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "\\ud" in line.lower() and _has_lone_surrogate(row):  # valid JSON, but no text to write back
+        raise RecordError(f"{where}: holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not text")
+    return row
 
 
 def _has_lone_surrogate(row: dict) -> bool:

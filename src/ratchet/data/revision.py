@@ -1,6 +1,6 @@
-"""SRPO's revision prompts and the six sequences of a pair. Knows a tokenizer, never a model.
+"""SRPO's revision prompts and the six sequences of a pair, as messages and text: no tokenizer, no model.
 
-SRPO (Choi et al. 2024, arXiv 2406.01660; ALGORITHMS.md section 1) uses one set of weights as a
+SRPO (Choi et al. 2024, arXiv 2406.01660; docs/algorithms.md#srpo) uses one set of weights as a
 generator pi(y|x) with the ordinary prompt and as a reviser pi(y'|y, x) with a *revision prompt*
 that holds a draft y. The revision prompt is the original conversation whose last user turn is
 replaced by a template filled with that turn's text (``$prompt``) and the draft (``$draft``): a
@@ -30,7 +30,6 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-from ratchet.data.tokenize import Tokenized, prompt_ids, tokenize_completion
 
 TEMPLATES = {"revision": "revision.txt"}
 """Bundled revision templates (``src/ratchet/data/templates``), by name."""
@@ -105,24 +104,4 @@ def expand_revision(row: dict, template: string.Template | None = None) -> dict[
     for draft in ("rejected", "chosen"):
         for target in ("chosen", "rejected"):
             out[f"revise_{target}_from_{draft}"] = PromptCompletion(drafts[draft], *answers[target])
-    return out
-
-
-def tokenize_revision(row: dict, tokenizer, template: string.Template | None = None, *,
-                      max_length: int) -> dict[str, Tokenized]:
-    """The six sequences tokenised, prompt masked (``tokenize_completion``); each of the three distinct
-    prompts (plain, draft y_l, draft y_w) is templated once. Revision prompts are longer than the plain
-    one by a whole draft: a row whose revision prompt leaves no room within ``max_length`` is a
-    ValueError (as ``tokenize_completion`` raises), and long completions are truncated (``truncated``)."""
-    prompts: dict[str, list[int]] = {}
-    out = {}
-    for name, seq in expand_revision(row, template).items():
-        key = repr(seq.messages)
-        if key not in prompts:
-            prompts[key] = prompt_ids(tokenizer, seq.messages)
-        try:
-            out[name] = tokenize_completion(tokenizer, prompts[key], seq.text, complete=seq.complete,
-                                            max_length=max_length)
-        except ValueError as e:
-            raise ValueError(f"pairs row {row.get('id', '?')!r}, sequence {name}: {e}") from None
     return out

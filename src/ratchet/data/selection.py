@@ -5,7 +5,7 @@ alone decides which. Each selection is one function ``(completions_row, judgment
 max_rows, rng, **params) -> list[int]`` (indices into ``row["completions"]``) in the
 hand-written ``SELECTIONS`` dict; ``build_sft(..., **params)`` passes extra keyword-only
 parameters on (an unknown name is an error). Section numbers refer to
-``/work/shared/notes/ALGORITHMS.md``.
+``docs/algorithms.md`` (section 11 there lists the selections).
 
 - ``all_correct``: STaR (Zelikman et al. 2022, arXiv 2203.14465) and rejection-sampling
   fine-tuning (RFT, Yuan et al. 2023, arXiv 2308.01825): every *distinct* correct sample, at most
@@ -31,7 +31,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from ratchet.data.pairing import _check_params, _correct, _distinct, _matched, _texts, is_complete
+from ratchet.data.pairing import (check_params, completion_texts, correctness, distinct, is_complete,
+                                  matched_rows)
 from ratchet.data.records import RecordError
 
 
@@ -46,7 +47,7 @@ def all_correct(row: dict, judged: dict, *, max_rows: int, rng: random.Random) -
     random ``max_rows`` of them, in sample order. A prompt with no correct sample gives nothing
     (STaR's rationalisation with the answer as a hint is not done). Unknown correctness
     (``None``) is not correct."""
-    good = _distinct([i for i, ok in enumerate(_correct(judged)) if ok], _texts(row))
+    good = distinct([i for i, ok in enumerate(correctness(judged)) if ok], completion_texts(row))
     if len(good) > max_rows:
         good = sorted(rng.sample(good, max(max_rows, 0)))
     return good
@@ -103,7 +104,7 @@ def check_selection(name: str, params: dict) -> None:
     """Raise ValueError for an unknown selection or a parameter it does not take."""
     if name not in SELECTIONS:
         raise ValueError(f"unknown SFT selection {name!r}; expected one of {sorted(SELECTIONS)}")
-    _check_params("SFT selection", name, SELECTIONS[name].fn, params, ("max_rows", "rng"))
+    check_params("SFT selection", name, SELECTIONS[name].fn, params, ("max_rows", "rng"))
 
 
 def attach_logprobs(completions: list[dict], self_scores: list[dict]) -> list[dict]:
@@ -132,8 +133,8 @@ def build_sft(completions: list[dict], judgments: list[dict], *, selection: str,
     fn = SELECTIONS[selection].fn
     rng = random.Random(seed)
     rows = []
-    for row, judged in _matched(completions, judgments):
-        correct = _correct(judged)
+    for row, judged in matched_rows(completions, judgments):
+        correct = correctness(judged)
         for i in fn(row, judged, max_rows=max_per_prompt, rng=rng, **params):
             c = row["completions"][i]
             out = {"id": row["id"], "messages": row["messages"], "completion": c["text"], "label": True,

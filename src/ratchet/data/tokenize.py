@@ -32,6 +32,16 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
+def cached_prompt_ids(tokenizer, messages: list[dict], cache: dict[str, list[int]]) -> list[int]:
+    """``prompt_ids`` of ``messages``, templated once per distinct prompt: ``cache`` (a dict the
+    caller keeps for one batch of sequences) holds them by the messages' ``repr``. Several
+    sequences share a prompt (k samples, chosen and rejected), and templating is a Jinja render."""
+    key = repr(messages)
+    if key not in cache:
+        cache[key] = prompt_ids(tokenizer, messages)
+    return cache[key]
+
+
 def completion_ids(tokenizer, text: str, complete: bool = True) -> list[int]:
     """Token ids of ``text``, plus the end-of-turn token (else EOS) when it ended by itself."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,7 +1,9 @@
 """The ``Sampler`` protocol: chat prompts in, k completions per prompt out.
 
 Every sampler (transformers' ``generate``, the cached engine, vLLM) implements this one protocol,
-so the rest of ratchet never knows which one ran. Samplers know nothing of judging or training.
+so the rest of ratchet never knows which one ran, and encodes its prompts with ``encode_prompts``,
+so a prompt too long for the model's context is refused the same way by all three. Samplers know
+nothing of judging or training.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from ratchet.data.records import RecordError
+from ratchet.data.tokenize import prompt_ids
 
 Messages = list[dict[str, str]]  # [{"role": "user", "content": "..."}], as in chat templates
 
@@ -22,6 +25,27 @@ class PromptTooLongError(RecordError):
     def __init__(self, message: str, index: int | None = None):
         super().__init__(message)
         self.index = index
+
+
+def preview(messages: Messages, width: int = 60) -> str:
+    """The start of a prompt's text, to name it in errors."""
+    text = " ".join(m.get("content", "") for m in messages).replace("\n", " ")
+    return text[:width] + ("..." if len(text) > width else "")
+
+
+def encode_prompts(tokenizer, prompts: Sequence[Messages], max_new_tokens: int,
+                   max_context: int | None) -> list[list[int]]:
+    """Each prompt's token ids (``data.tokenize.prompt_ids``). Raises ``PromptTooLongError`` for the
+    first prompt that leaves no room for ``max_new_tokens`` within ``max_context`` tokens (None or 0:
+    no limit is known), before anything is sampled."""
+    encoded = []
+    for i, messages in enumerate(prompts):
+        ids = prompt_ids(tokenizer, messages)
+        if max_context and len(ids) + max_new_tokens > max_context:
+            raise PromptTooLongError(f"prompt {i} ({preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
+                                     f"{max_new_tokens} it exceeds the model's context of {max_context} tokens", i)
+        encoded.append(ids)
+    return encoded
 
 
 @dataclass(frozen=True)

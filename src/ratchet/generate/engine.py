@@ -33,8 +33,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from ratchet.data.tokenize import prompt_ids
-from ratchet.generate.base import Messages, PromptTooLongError, Sample, SamplingParams
+from ratchet.generate.base import Messages, Sample, SamplingParams, encode_prompts
 from ratchet.generate.hf import cut_at_stop
 from ratchet.generate.stops import stop_token_ids
 
@@ -225,12 +224,6 @@ def invert_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.
     return (b * block + j).squeeze(-1)
 
 
-def preview(messages: Messages, width: int = 60) -> str:
-    """The start of a prompt's text, to name it in errors."""
-    text = " ".join(m.get("content", "") for m in messages).replace("\n", " ")
-    return text[:width] + ("..." if len(text) > width else "")
-
-
 class _Progress:
     """A bar over prompts (one step when all k samples of a prompt are done), with tokens/s."""
 
@@ -332,20 +325,9 @@ class CachedSampler:
         self.stop_ids = frozenset(stop_token_ids(tokenizer, model))  # EOS and end of turn: see generate.stops
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def _encode(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[int]]:
-        encoded = []
-        for i, messages in enumerate(prompts):
-            ids = prompt_ids(self.tokenizer, messages)
-            if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
-                raise PromptTooLongError(
-                    f"prompt {i} ({preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
-                    f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens", i)
-            encoded.append(ids)
-        return encoded
-
     def sample(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[Sample]]:
         """Return, for each prompt in order, ``params.k`` samples."""
-        encoded = self._encode(prompts, params)
+        encoded = encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.max_context)
         if not encoded:
             return []
         k, longest = params.k, max(len(ids) for ids in encoded)

@@ -12,8 +12,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ratchet.data.tokenize import prompt_ids
-from ratchet.generate.base import Messages, PromptTooLongError, Sample, SamplingParams
+from ratchet.generate.base import Messages, Sample, SamplingParams, encode_prompts
 from ratchet.generate.stops import stop_token_ids
 
 
@@ -32,17 +31,6 @@ class HFSampler:
         self.progress = progress
         self.stop_ids = stop_token_ids(tokenizer, model)  # EOS and end of turn: see generate.stops
 
-    def _encode(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[int]]:
-        encoded = []
-        for i, messages in enumerate(prompts):
-            ids = prompt_ids(self.tokenizer, messages)
-            if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
-                raise PromptTooLongError(f"prompt {i} is {len(ids)} tokens; with max_new_tokens="
-                                         f"{params.max_new_tokens} it exceeds the model's context of "
-                                         f"{self.max_context}", i)
-            encoded.append(ids)
-        return encoded
-
     def _decode_one(self, ids: torch.Tensor, params: SamplingParams) -> Sample:
         ids = ids.tolist()
         end = next((n for n, token in enumerate(ids) if token in self.stop_ids), None)
@@ -58,7 +46,7 @@ class HFSampler:
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[Sample]]:
-        encoded = self._encode(prompts, params)
+        encoded = encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.max_context)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         per_batch = max(1, self.batch_size // params.k)
         out: list[list[Sample]] = [[] for _ in prompts]

@@ -1,6 +1,6 @@
 """SRPO's inference-time revision loop: draft, then revise the previous answer N times, same model.
 
-ALGORITHMS.md section 1(f): ``y_0 ~ pi(.|x)`` with the plain prompt, then
+``docs/algorithms.md#srpo-revision-loop``: ``y_0 ~ pi(.|x)`` with the plain prompt, then
 ``y_{k+1} ~ pi(.|x, y_k)`` with the revision prompt (``data.revision.revision_messages``: the
 original request and the previous answer only, not the whole history), for k = 0 .. N-1; every
 ``y_k`` is then evaluated (``evaluate.revisions``). The paper reports N up to 5. Any ``Sampler``

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ratchet.data.tokenize import completion_ids, prompt_ids
+from ratchet.data.tokenize import cached_prompt_ids, completion_ids
 from ratchet.logprobs import completion_logps
 
 Messages = list[dict[str, str]]
@@ -31,10 +31,7 @@ def sequence_logprobs(model, tokenizer, items: Sequence[tuple[Messages, str, boo
     prompts: dict[str, list[int]] = {}
     seqs = []
     for messages, text, complete in items:
-        key = repr(messages)
-        if key not in prompts:
-            prompts[key] = prompt_ids(tokenizer, messages)
-        seqs.append((prompts[key], completion_ids(tokenizer, text, complete)))
+        seqs.append((cached_prompt_ids(tokenizer, messages, prompts), completion_ids(tokenizer, text, complete)))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     order = sorted((i for i in range(len(seqs)) if seqs[i][1]), key=lambda i: -sum(map(len, seqs[i])))
     device = next(model.parameters()).device

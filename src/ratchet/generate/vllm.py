@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Collection, Sequence
 
-from ratchet.data.tokenize import prompt_ids
-from ratchet.generate.base import Messages, PromptTooLongError, Sample, SamplingParams
-from ratchet.generate.engine import preview
+from ratchet.generate.base import Messages, Sample, SamplingParams, encode_prompts
 from ratchet.generate.hf import cut_at_stop
 from ratchet.generate.stops import stop_token_ids
 
@@ -125,14 +123,8 @@ class VLLMSampler:
 
         if not prompts:
             return []
-        requests = []
-        for i, messages in enumerate(prompts):
-            ids = prompt_ids(self.tokenizer, messages)
-            if self.max_context and len(ids) + params.max_new_tokens > self.max_context:
-                raise PromptTooLongError(
-                    f"prompt {i} ({preview(messages)!r}) is {len(ids)} tokens; with max_new_tokens="
-                    f"{params.max_new_tokens} it exceeds the model's context of {self.max_context} tokens", i)
-            requests.append({"prompt_token_ids": ids})
+        requests = [{"prompt_token_ids": ids}
+                    for ids in encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.max_context)]
         sampling = [vllm.SamplingParams(**vllm_kwargs(params, i, self.stop_ids)) for i in range(len(prompts))]
         outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress)
         return [[to_sample(o, self.tokenizer, params, self.stop_ids) for o in out.outputs] for out in outputs]

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ratchet.data.records import json_object
 from ratchet.judge.base import JudgeInputError, Judgment
 from ratchet.judge.sandbox import Job, Limits, RunResult, Sandbox, SandboxError
 
@@ -134,12 +134,7 @@ def human_eval_problems(n: int, *, split: str, seed: int = 0) -> list[dict]:
 
 
 def _task_from_row(line: str, where: str) -> CodeTask:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    row = json_object(line, where)  # a RecordError (a ValueError) naming the file and row
     for key in _FIELDS:
         if not isinstance(row.get(key), str):
             raise ValueError(f"{where}: key {key!r} must be a string; a code task needs {list(_FIELDS)}")

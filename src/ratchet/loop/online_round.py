@@ -19,7 +19,7 @@ import functools
 import json
 from pathlib import Path
 
-from ratchet.config import ConfigError, EvalConfig, GenerateConfig, JudgeConfig, RunConfig, to_dict
+from ratchet.config import ConfigError, EvalConfig, JudgeConfig, RunConfig, to_dict
 from ratchet.data.correction import correction_messages
 from ratchet.data.records import read_jsonl, write_json, write_jsonl
 from ratchet.evaluate.correction import correction_metrics
@@ -49,16 +49,10 @@ def objective_params(cfg: RunConfig, r: int) -> dict:
     return params
 
 
-def _sampling(cfg: GenerateConfig, rows: list[dict], task) -> SamplingParams:
-    return SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                          stop=stages.stop_strings(cfg.stop, task, rows), seed=cfg.seed)
-
-
 def train_online_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunConfig, *, loss_params: dict,
                        reference_model=None, task=None, progress: bool = True) -> dict:
     """On-policy training of ``model`` on the prompts file; ``reference_model`` None: the model as given."""
-    from ratchet.train.adapters import add_lora, is_peft, save_merged
-    from ratchet.train.online import train_online  # torch-heavy; import when training
+    from ratchet.train.adapters import lora_training
 
     gen, t = cfg.generate, cfg.train
     if gen.sampler == "vllm":
@@ -66,9 +60,19 @@ def train_online_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunC
     rows = read_jsonl(prompts, required=("id", "messages"))
     if cfg.online.reward == "self_loglik" and reference_model is None:  # the base, frozen before any update
         reference_model = copy.deepcopy(model).requires_grad_(False).eval()
-    model = add_lora(model, r=t.lora.r, alpha=t.lora.alpha, dropout=t.lora.dropout,
-                     target_modules=t.lora.target_modules, gradient_checkpointing=t.gradient_checkpointing)
-    params = _sampling(gen, rows, task)
+    params = stages.sampling_params(gen, task, rows)
+    with lora_training(model, tokenizer, t.lora, gradient_checkpointing=t.gradient_checkpointing,
+                       model_dir=Path(out_dir) / "model", seed=t.seed) as model:
+        return _train_online(model, tokenizer, rows, out_dir, cfg, params, loss_params=loss_params,
+                             reference_model=reference_model, progress=progress)
+
+
+def _train_online(model, tokenizer, rows: list[dict], out_dir: Path, cfg: RunConfig, params: SamplingParams, *,
+                  loss_params: dict, reference_model, progress: bool) -> dict:
+    """``train.online.train_online`` on ``rows`` with the rollout, reward and sampler ``cfg`` names."""
+    from ratchet.train.online import train_online  # torch-heavy; import when training
+
+    gen, t = cfg.generate, cfg.train
     reward = (self_loglik_reward(reference_model, tokenizer, length_normalized=cfg.online.length_normalized)
               if cfg.online.reward == "self_loglik"
               else judge_reward(build_judge(cfg.judge.name, cfg.judge.params, policy=lambda: (model, tokenizer))))
@@ -76,7 +80,7 @@ def train_online_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunC
     if episodes is two_turn:
         episodes = functools.partial(two_turn, instruction=cfg.online.correction_instruction)
     sampler = stages.SAMPLERS[gen.sampler](model, tokenizer, batch_size=gen.batch_size, progress=False)  # not vllm
-    summary = train_online(model, tokenizer, rows, out_dir, rollout=episodes(sampler, params, reward), loss=t.loss.name,
+    return train_online(model, tokenizer, rows, out_dir, rollout=episodes(sampler, params, reward), loss=t.loss.name,
                         loss_params=loss_params, lr=t.lr, epochs=t.epochs, batch_size=t.batch_size,
                         grad_accum=t.grad_accum, max_length=t.max_length, warmup_ratio=t.warmup_ratio,
                         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed,
@@ -84,9 +88,6 @@ def train_online_stage(model, tokenizer, prompts: Path, out_dir: Path, cfg: RunC
                         checkpoint_every=t.checkpoint_every,
                         rollout_config={"sampling": dataclasses.asdict(params), "online": to_dict(cfg.online),
                                         "judge": to_dict(cfg.judge)})
-    if is_peft(model) and t.lora.merge:  # the next stages load a plain model and sample at full speed
-        save_merged(model, tokenizer, Path(out_dir) / "model")
-    return summary
 
 
 def _step_means(path: Path, keys: tuple[str, ...]) -> dict:

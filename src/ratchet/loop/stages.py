@@ -56,9 +56,10 @@ def open_sampler(name: str, model, tokenizer, *, batch_size: int, progress: bool
 
 def make_task(cfg: TaskConfig) -> Task:
     """The recipe's task (a data file is not read until the task is first asked for rows)."""
-    return load_task(cfg.name, source=cfg.source, seed=cfg.seed, fields=cfg.fields, template=cfg.template,
-                     heldout_fraction=cfg.heldout_fraction, heldout_source=cfg.heldout_source, stop=tuple(cfg.stop),
-                     subset=cfg.subset, split=cfg.split, heldout_split=cfg.heldout_split, revision=cfg.revision)
+    return load_task(cfg.name, source=cfg.source, seed=cfg.seed, steps=cfg.steps, fields=cfg.fields,
+                     template=cfg.template, heldout_fraction=cfg.heldout_fraction, heldout_source=cfg.heldout_source,
+                     stop=tuple(cfg.stop), subset=cfg.subset, split=cfg.split, heldout_split=cfg.heldout_split,
+                     revision=cfg.revision)
 
 
 def make_prompts(task: Task, split: str, out: Path, n: int, *, round: int = 0) -> Path:
@@ -77,13 +78,19 @@ def stop_strings(explicit: list[str] | None, task: Task | None, rows: list[dict]
     return tuple(BUILTIN[name]["stop"]) if name in BUILTIN else ()
 
 
+def sampling_params(cfg: GenerateConfig, task: Task | None, rows: list[dict]) -> SamplingParams:
+    """The sampling parameters ``generate`` names (stop strings by ``stop_strings``), for the sample
+    stage and the on-policy trainer's rollouts alike."""
+    return SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                          stop=stop_strings(cfg.stop, task, rows), seed=cfg.seed)
+
+
 def generate(model, tokenizer, prompts: Path, out: Path, cfg: GenerateConfig, *, task: Task | None = None,
              progress: bool | str = True) -> Path:
     """``cfg.k`` completions of every prompt; ``progress``: a bar (named by a string, else "sampling")."""
     rows = read_jsonl(prompts, required=("id", "messages"), check=prompt_problem, empty_ok=False)
     progress = "sampling" if progress is True else progress
-    params = SamplingParams(k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, stop=stop_strings(cfg.stop, task, rows), seed=cfg.seed)
+    params = sampling_params(cfg, task, rows)
     with open_sampler(cfg.sampler, model, tokenizer, batch_size=cfg.batch_size, progress=progress,
                       vllm=cfg.vllm) as sampler:
         try:
@@ -190,7 +197,7 @@ def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss
     else:
         out_rows = build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
                                seed=cfg.seed, counts=counts, **cfg.params)
-        if any("ref_response" in name for name in LOSSES[loss].inputs):
+        if "ref_response" in LOSSES[loss].reads.policy:  # SELM: the reference model's own answer
             _attach_ref_responses(out_rows, rows, seed=cfg.seed)
     write_jsonl(out, out_rows)
     write_json(pair_metrics_path(out), {"rows": len(out_rows), "pairs_dropped_identical": counts["identical"]})
@@ -242,18 +249,14 @@ def train_model(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, 
     ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (every
     ``cfg.checkpoint_every`` steps), if there is one; ``invalid_hint`` ends an invalid row's error
     where the caller offers a way to skip such rows (``ratchet train --skip-invalid``)."""
-    from ratchet.train.adapters import add_lora, is_peft, save_merged
+    from ratchet.train.adapters import lora_training
 
-    lora = cfg.lora
-    model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
-                     gradient_checkpointing=cfg.gradient_checkpointing)
-    summary = _train_pairs(model, tokenizer, pairs, out_dir, cfg, skip_invalid=skip_invalid,
-                           reference_model=reference_model, reference_id=reference_id,
-                           revision_template=revision_template, resume=resume, progress=progress,
-                           log_with=list(report_to) or None, invalid_hint=invalid_hint)
-    if is_peft(model) and lora.merge:  # the next stages load a plain model and sample at full speed
-        save_merged(model, tokenizer, Path(out_dir) / "model")
-    return summary
+    with lora_training(model, tokenizer, cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing,
+                       model_dir=Path(out_dir) / "model", seed=cfg.seed) as model:
+        return _train_pairs(model, tokenizer, pairs, out_dir, cfg, skip_invalid=skip_invalid,
+                            reference_model=reference_model, reference_id=reference_id,
+                            revision_template=revision_template, resume=resume, progress=progress,
+                            log_with=list(report_to) or None, invalid_hint=invalid_hint)
 
 
 def _train_pairs(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, **kwargs) -> dict:

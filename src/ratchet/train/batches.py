@@ -407,9 +407,3 @@ def collate(seqs: list[Tokenized], pad_id: int) -> SequenceBatch:
         attn[i, :n] = 1
         comp[i, :n] = torch.tensor(s.completion_mask)
     return SequenceBatch(ids, attn, comp)
-
-
-def collate_pairs(examples: list[PairExample], pad_id: int) -> SequenceBatch:
-    """Chosen then rejected in one batch of 2B sequences (row i chosen of pair i, row B + i its
-    rejected), so both go through one forward."""
-    return collate([e.chosen for e in examples] + [e.rejected for e in examples], pad_id)

@@ -1,5 +1,5 @@
 """Checkpoints that survive a crash at any moment: the only module that writes or reads training state
-(and, with ``save_model``, the trained model).
+(and, with ``save_model`` and ``finish``, the trained model and the run's summary).
 
 A checkpoint is a directory ``<out>/checkpoints/step-NNNNNNN/`` holding what
 ``accelerator.save_state`` writes (weights, optimizer, registered scheduler, every process's RNG
@@ -8,6 +8,11 @@ counters). It is written as ``.step-NNNNNNN.tmp/``, ``trainer_state.json`` last,
 then renamed: a directory named ``step-*`` with a ``trainer_state.json`` is always complete. Older
 checkpoints are deleted only after the new one is in place. Assumes a filesystem shared by all
 processes (one machine, or a network filesystem).
+
+A run's life in a training directory ``out``: ``finished(out)`` says whether it already ended (then
+resuming has nothing to do), ``resume`` restores the newest checkpoint, ``save`` writes one every
+so many steps, and ``finish`` writes ``out/model``, then ``out/train_summary.json``, then deletes
+``out/checkpoints``: a crash before the summary is written leaves a run that resumes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ import re
 import shutil
 from pathlib import Path
 
+from ratchet.data.records import write_json
+
+DIR = "checkpoints"
+"""A training directory's checkpoints: ``<out>/checkpoints``."""
+SUMMARY_FILE = "train_summary.json"
+"""A finished run's summary, written last: ``<out>/train_summary.json``."""
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"step-(\d+)")
 
@@ -99,4 +110,38 @@ def save_model(accelerator, policy, tokenizer, target: Path) -> None:
         inner.save_pretrained(target, state_dict={k.removeprefix("model."): v for k, v in weights_state.items()},
                               safe_serialization=True)
         tokenizer.save_pretrained(target)
+    accelerator.wait_for_everyone()
+
+
+def finished(out_dir: Path) -> dict | None:
+    """The summary of a run that ended in ``out_dir`` (its summary and model written, no checkpoint
+    left), else None."""
+    summary = out_dir / SUMMARY_FILE
+    if summary.exists() and (out_dir / "model").is_dir() and not latest(out_dir / DIR):
+        return json.loads(summary.read_text())
+    return None
+
+
+def resume(accelerator, root: Path, run: dict) -> dict | None:
+    """The trainer state of the newest complete checkpoint under ``root``, restored into the prepared
+    objects (``load``: ``run`` must match), after deleting half-written ones; None if there is none
+    (collective: every process calls it)."""
+    if accelerator.is_main_process:
+        remove_partial(root)
+    accelerator.wait_for_everyone()
+    last = latest(root)
+    if last is None:
+        return None
+    state = load(accelerator, last, run)
+    accelerator.print(f"train: resumed from {last} (step {state['step']} of {run['total_steps']})")
+    return state
+
+
+def finish(accelerator, policy, tokenizer, out_dir: Path, summary: dict) -> None:
+    """The end of a run (collective): the model into ``out_dir/model`` (``save_model``), then the
+    summary, then the checkpoints are no longer needed."""
+    save_model(accelerator, policy, tokenizer, out_dir / "model")
+    if accelerator.is_main_process:
+        write_json(out_dir / SUMMARY_FILE, summary)
+        shutil.rmtree(out_dir / DIR, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -8,20 +8,21 @@ seed) -> Rollout``, which samples with the model being trained and scores the sa
 
     rollout on the step's prompts (current weights, eval mode) -> tokenise every sample
     -> reference log-probs (no grad) -> per micro-batch: policy log-probs, objective, backward
-    -> clip -> NaN/inf check -> optimizer and schedule step -> metrics row, rollouts rows, checkpoint
+    -> clip -> NaN/inf check -> optimizer and schedule step -> rollouts rows, metrics row, checkpoint
 
-Conventions shared with ``train.offline``: the same accelerator set-up, checkpoints
-(``train.checkpoint``; resuming redoes no finished step and refuses a changed run), metrics
-(``train.metrics``), NaN/inf stop (``NonFiniteError``) and output files, plus
-``rollouts.jsonl`` (one row per prompt and step: samples, rewards, judge details). Log-probs are
-``logprobs.packed_logps`` over packed rows (``batches.pack``): a prompt is encoded once and its k
-completions follow it, scored at completion positions only. Samples are re-tokenised from their
-text as the offline trainer does (``data.tokenize``: end-of-turn token after a completion that
-ended by itself), so on-policy and offline rounds train on the same token sequences.
+Shared with ``train.offline`` (``train.runtime``): the accelerator set-up, the optimizer, the
+update with its NaN/inf stop (``NonFiniteError``), the trainer state, metrics rows and checkpoints
+(``train.checkpoint``; resuming redoes no finished step and refuses a changed run) and the output
+files, plus ``rollouts.jsonl`` (one row per prompt and step: samples, rewards, judge details).
+Log-probs are ``logprobs.packed_logps`` over packed rows (``batches.pack``): a prompt is encoded
+once and its k completions follow it, scored at completion positions only. Samples are
+re-tokenised from their text as the offline trainer does (``data.tokenize``: end-of-turn token
+after a completion that ended by itself), so on-policy and offline rounds train on the same token
+sequences.
 
-Objective inputs by name: ``policy_<seq>_logps`` / ``ref_<seq>_logps`` are [prompts, k] summed
-log-probs of the rollout's sequence ``<seq>`` (``policy_logps`` / ``ref_logps``: the sequence
-``completion``); any other input is a [prompts, k] number from ``Rollout.values`` (``rewards``).
+Objective inputs, as the objective declares them (``LossSpec.reads``): policy and reference
+log-probs of a rollout sequence are [prompts, k] summed log-probs (``completion`` for single-turn
+objectives); a value is a [prompts, k] number from ``Rollout.values`` by its name (``rewards``).
 One process only (sampling runs on the unwrapped model); bf16 autocast on a GPU as in train.offline.
 """
 
@@ -29,13 +30,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import random
-import re
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,18 +43,15 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ratchet.data.records import write_json
 from ratchet.data.revision import PromptCompletion
 from ratchet.data.tokenize import Tokenized, prompt_ids, tokenize_completion
 from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES, LossSpec
 from ratchet.train import checkpoint
 from ratchet.train.batches import pack
-from ratchet.train.offline import NonFiniteError, _accelerator, prepare_optimization
 from ratchet.train.metrics import MetricsLog, StepMetrics
 from ratchet.train.reference import compute_reference_logps
-
-_LOGPS = re.compile(r"(policy|ref)_(?:(\w+)_)?logps")
+from ratchet.train.runtime import Progress, make_accelerator, prepare_optimization
 
 
 @dataclass
@@ -89,14 +85,9 @@ class _Group:
 
 def objective_sequences(spec: LossSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(sequences run through the policy, sequences whose reference log-probs are needed)."""
-    policy, ref = [], []
-    for name in spec.inputs:
-        m = _LOGPS.fullmatch(name)
-        if m:
-            (policy if m.group(1) == "policy" else ref).append(m.group(2) or "completion")
-    if not policy:
-        raise ValueError(f"objective {spec.name!r} reads no policy_*logps; it cannot be trained on-policy")
-    return tuple(dict.fromkeys(policy)), tuple(dict.fromkeys(ref))
+    if not spec.reads.policy:
+        raise ValueError(f"objective {spec.name!r} reads no policy log-probs; it cannot be trained on-policy")
+    return spec.reads.policy, spec.reads.reference
 
 
 def _tokenize(tokenizer, seq: PromptCompletion, max_length: int, prompts: dict) -> Tokenized:
@@ -137,10 +128,9 @@ def objective_inputs(spec: LossSpec, policy: dict[str, torch.Tensor], ref: dict[
                      values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors ``spec.fn`` reads, by name (see the module docstring)."""
     out = {}
-    for name in spec.inputs:
-        m = _LOGPS.fullmatch(name)
-        if m:
-            out[name] = (policy if m.group(1) == "policy" else ref)[m.group(2) or "completion"]
+    for name, (source, seq) in spec.reads.tensors.items():
+        if source in ("policy", "ref"):
+            out[name] = (policy if source == "policy" else ref)[seq]
         elif name in values:
             out[name] = values[name]
         else:
@@ -166,20 +156,67 @@ def _step_prompts(n: int, per_step: int, *, seed: int, epoch: int) -> list[list[
     return [order[s:s + per_step] for s in range(0, n, per_step)]
 
 
+def _frozen_reference(model, reference_model, needed: bool, device):
+    """The reference model, in eval mode on ``device``: ``reference_model``, else a frozen copy of
+    ``model`` as given (for a PEFT model the model itself, its adapter disabled when scoring); None
+    if the objective reads no reference."""
+    if not needed:
+        return None
+    if reference_model is None and not hasattr(model, "peft_config"):
+        reference_model = copy.deepcopy(model).requires_grad_(False)
+    return (reference_model or model).to(device).eval()  # the policy is put back in training mode when prepared
+
+
+def _reference_logps(reference, groups: list[_Group], names: tuple[str, ...], k: int, accelerator, *, pad: int,
+                     batch_size: int, share: bool) -> dict[str, torch.Tensor]:
+    """{sequence: [prompts, k]} reference log-probs of the step's samples (no grad)."""
+    if not names:
+        return {}
+    slots = tuple(f"{s}.{i}" for s in names for i in range(k))
+    flat = compute_reference_logps(reference, groups, pad, batch_size, False, names=slots, share_prompt=share,
+                                   autocast=accelerator.autocast)
+    return {s: v.to(accelerator.device) for s, v in _by_sequence(flat, names, k, prefix="ref").items()}
+
+
+def _accumulate(accelerator, policy, spec: LossSpec, params, groups: list[_Group], prompt_rows: list[int], *,
+                names: tuple[str, ...], k: int, ref: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
+                pad: int, share: bool, batch_size: int) -> StepMetrics:
+    """The step's micro-batches of ``batch_size`` prompts: policy log-probs of sequences ``names``,
+    the objective, backward of the micro-batch's share of the mean over the step's prompts.
+    ``prompt_rows``: each prompt's row number (1-based) for the metrics. Returns the step's metrics."""
+    stats, device = StepMetrics(), accelerator.device
+    slots = tuple(f"{s}.{i}" for s in names for i in range(k))
+    for m in range(0, len(groups), batch_size):
+        micro = list(range(m, min(m + batch_size, len(groups))))
+        packed = pack([groups[b] for b in micro], slots, pad, share_prompt=share)
+        logps = _by_sequence(policy(**packed.model_inputs(device)), names, k)
+        pick = torch.tensor(micro, device=device)
+        result = spec.fn(**objective_inputs(spec, logps, {s: v[pick] for s, v in ref.items()},
+                                            {n: v[pick] for n, v in values.items()}),
+                         **dataclasses.asdict(params))
+        accelerator.backward(result.loss.sum() / len(groups))  # the mean over the step's prompts
+        stats.add_micro(result, {}, torch.ones(len(micro), device=device), [prompt_rows[b] for b in micro],
+                        packed.tokens)
+    return stats
+
+
 def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
-                 rollout: Callable[[list[dict], int], Rollout], loss: str = "rloo", loss_params: dict | None = None,
-                 lr: float = 1e-6, epochs: int = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 256,
-                 warmup_ratio: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
+                 rollout: Callable[[list[dict], int], Rollout], loss: str, loss_params: dict | None = None,
+                 lr: float = 1e-5, epochs: int = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 256,
+                 warmup_ratio: float = 0.1, weight_decay: float = 0.0, max_grad_norm: float = 1.0, seed: int = 0,
                  reference_model=None, rollout_config: dict | None = None, progress: bool = True,
-                 resume: bool = False, checkpoint_every: int = 10, keep_checkpoints: int = 2,
+                 resume: bool = False, checkpoint_every: int = 50, keep_checkpoints: int = 2,
                  logps_chunk_size: int = 1024) -> dict:
-    """Train ``model`` on-policy on ``prompts`` (rows of prompts.jsonl) with objective ``loss``.
+    """Train ``model`` on-policy on ``prompts`` (rows of prompts.jsonl) with objective ``loss`` (an
+    ``online`` or ``two_turn`` one: no default, ``TrainConfig``'s ``dpo`` is not).
 
     A step takes ``batch_size * grad_accum`` prompts, calls ``rollout(rows, seed)`` once for all of
     them (k samples each), and runs micro-batches of ``batch_size`` prompts; the loss is the mean
     over the step's prompts. ``reference_model`` defaults to a frozen copy of ``model`` as given
     (the adapter-disabled base for a PEFT model). ``rollout_config`` (e.g. sampling settings) is
-    recorded in the summary and checked on resume. Returns the summary (train_summary.json)."""
+    recorded in the summary and checked on resume. Defaults of the settings ``TrainConfig`` also has
+    are its defaults (config.py; tests/train/test_defaults.py keeps them equal); the loop passes
+    them all from it. Returns the summary (train_summary.json)."""
     spec = LOSSES[loss]
     if not spec.on_policy:
         raise ValueError(f"objective {loss!r} trains on {spec.data} files (ratchet.train.offline), not on-policy")
@@ -189,120 +226,65 @@ def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
     if not prompts:
         raise ValueError("train_online: no prompts")
     out_dir = Path(out_dir)
-    summary_path, ckpt_root = out_dir / "train_summary.json", out_dir / "checkpoints"
-    if resume and summary_path.exists() and (out_dir / "model").is_dir() and not checkpoint.latest(ckpt_root):
+    if resume and (done := checkpoint.finished(out_dir)) is not None:
         print(f"train: {out_dir} holds a finished run; nothing to resume")
-        return json.loads(summary_path.read_text())
-    accelerator = _accelerator(None, out_dir, model)
+        return done
+    accelerator = make_accelerator(model, out_dir)
     if accelerator.num_processes > 1:
         raise NotImplementedError("on-policy training runs on one process (it samples with the unwrapped model)")
-    device = accelerator.device
     set_seed(seed)
+    reference = _frozen_reference(model, reference_model, bool(ref_names), accelerator.device)
 
-    # ---- reference: a frozen copy of the starting policy unless given (PEFT: adapter disabled)
-    if ref_names and reference_model is None and not hasattr(model, "peft_config"):
-        reference_model = copy.deepcopy(model).requires_grad_(False)
-    reference = (reference_model or model).to(device).eval() if ref_names else None
-    if reference is model:
-        model.train()
-
-    # ---- model, optimizer, schedule (as train.offline)
+    # ---- model, optimizer, schedule, trainer state (as train.offline)
     per_step = batch_size * grad_accum
     steps_per_epoch = math.ceil(len(prompts) / per_step)
     total_steps = steps_per_epoch * epochs
-    policy, optimizer, scheduler = prepare_optimization(accelerator, model, lr=lr, weight_decay=weight_decay,
-                                                        warmup_ratio=warmup_ratio, total_steps=total_steps,
-                                                        logps_chunk_size=logps_chunk_size)
-    share = supports_4d_mask(model)
-    pad = tokenizer.pad_token_id
-
+    opt = prepare_optimization(accelerator, model, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                               total_steps=total_steps, max_grad_norm=max_grad_norm, logps_chunk_size=logps_chunk_size)
+    share, pad = supports_4d_mask(model), tokenizer.pad_token_id
+    step_on = functools.partial(_accumulate, accelerator, opt.policy, spec, params, names=policy_names, pad=pad,
+                                share=share, batch_size=batch_size)
     run = {"prompts_sha256": hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest(), "loss": loss,
            "params": dataclasses.asdict(params), "seed": seed, "prompts_per_step": per_step,
            "total_steps": total_steps, "rollout": rollout_config or {}}
-    state = {"step": 0, "samples": 0, "tokens": 0, "seconds": 0.0, "run": run}
-    if resume:
-        checkpoint.remove_partial(ckpt_root)
-        last = checkpoint.latest(ckpt_root)
-        if last is not None:
-            state = checkpoint.load(accelerator, last, run)
-            print(f"train: resumed from {last} (step {state['step']} of {total_steps})")
-    log = MetricsLog(out_dir / "train_metrics.jsonl", resume_step=state["step"], enabled=True)
-    samples_log = MetricsLog(out_dir / "rollouts.jsonl", resume_step=state["step"], enabled=True)
-    bar = tqdm(total=total_steps, initial=state["step"], unit="step", desc=f"train {loss} (on-policy)",
+    state = Progress(accelerator, out_dir, run, counter="samples", resume=resume, checkpoint_every=checkpoint_every,
+                     keep_checkpoints=keep_checkpoints)
+    samples_log = MetricsLog(out_dir / "rollouts.jsonl", resume_step=state.step, enabled=True)
+    bar = tqdm(total=total_steps, initial=state.step, unit="step", desc=f"train {loss} (on-policy)",
                disable=not progress)
-    t0, seconds0, samples0, row, truncated = time.time(), state["seconds"], state["samples"], {}, 0
 
     # ---- the loop: each step = rollout -> reference -> micro-batches (forward, objective, backward) -> update
-    while state["step"] < total_steps:
-        epoch, first = divmod(state["step"], steps_per_epoch)
+    row, truncated = {}, 0
+    while state.step < total_steps:
+        epoch, first = divmod(state.step, steps_per_epoch)
         for idx in _step_prompts(len(prompts), per_step, seed=seed, epoch=epoch)[first:]:
-            step = state["step"] + 1
+            step = state.step + 1
             rows = [prompts[i] for i in idx]
-            policy.eval()
+            opt.policy.eval()
             out = rollout(rows, seed * 100_003 + step)  # same step, same samples: a resumed run repeats them
-            policy.train()
+            opt.policy.train()
             k = _check_rollout(out, names, len(rows))
             groups, cut = tokenize_rollout(out, tokenizer, names, max_length)
             truncated += cut
-            values = {n: torch.tensor(v, dtype=torch.float32, device=device) for n, v in out.values.items()}
-            ref = {}
-            if ref_names:
-                slots = tuple(f"{s}.{i}" for s in ref_names for i in range(k))
-                ref = _by_sequence(compute_reference_logps(reference, groups, pad, 2 * batch_size, False, names=slots,
-                                                           share_prompt=share, autocast=accelerator.autocast),
-                                   ref_names, k, prefix="ref")
-                ref = {s: v.to(device) for s, v in ref.items()}
-            stats = StepMetrics()
-            slots = tuple(f"{s}.{i}" for s in policy_names for i in range(k))
-            for m in range(0, len(groups), batch_size):
-                micro = list(range(m, min(m + batch_size, len(groups))))
-                packed = pack([groups[b] for b in micro], slots, pad, share_prompt=share)
-                logps = _by_sequence(policy(**packed.model_inputs(device)), policy_names, k)
-                pick = torch.tensor(micro, device=device)
-                result = spec.fn(**objective_inputs(spec, logps, {s: v[pick] for s, v in ref.items()},
-                                                    {n: v[pick] for n, v in values.items()}),
-                                 **dataclasses.asdict(params))
-                accelerator.backward(result.loss.sum() / len(groups))  # the mean over the step's prompts
-                stats.add_micro(result, {}, torch.ones(len(micro), device=device), [idx[b] + 1 for b in micro],
-                                packed.tokens)
-            grad_norm = accelerator.clip_grad_norm_(policy.parameters(),
-                                                    max_grad_norm if max_grad_norm > 0 else float("inf"))
-            means, totals = stats.reduce(accelerator)
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            if not (math.isfinite(means["loss"]) and math.isfinite(grad_norm)):
-                raise NonFiniteError(
-                    f"non-finite loss or gradient norm at step {step} (loss {means['loss']}, grad norm {grad_norm}); "
-                    f"prompts {[r.get('id') for r in rows]}; rows with a non-finite loss: {stats.bad_rows}. "
-                    f"Not updated; last good checkpoint: {checkpoint.latest(ckpt_root) or 'none'}")
-            step_lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            n_samples = sum(len(g.seqs) for g in groups)
-            state = {"step": step, "samples": state["samples"] + n_samples,
-                     "tokens": state["tokens"] + int(totals["tokens"]), "seconds": seconds0 + time.time() - t0,
-                     "run": run}
-            elapsed = time.time() - t0
-            row = {"step": step, "epoch": epoch, **{k_: v for k_, v in means.items() if k_ != "tokens"},
-                   "grad_norm": grad_norm, "lr": step_lr, "samples_per_s": (state["samples"] - samples0) / elapsed}
-            log.write(row)
-            for record in out.records:
+            ref = _reference_logps(reference, groups, ref_names, k, accelerator, pad=pad, batch_size=2 * batch_size,
+                                   share=share)
+            values = {n: torch.tensor(v, dtype=torch.float32, device=accelerator.device) for n, v in out.values.items()}
+            stats = step_on(groups, [i + 1 for i in idx], k=k, ref=ref, values=values)
+            update = opt.update(stats, step=step, trained_on=f"prompts {[r.get('id') for r in rows]}",
+                                ckpt_root=state.ckpt_root)
+            for record in out.records:  # before the checkpoint: a resumed run finds every step's rows
                 samples_log.write({"step": step, **record})
+            row = state.record(update, epoch=epoch, counted=sum(len(g.seqs) for g in groups))
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", reward=f"{row.get('rewards', float('nan')):.3f}")
-            if checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
-                checkpoint.save(accelerator, ckpt_root, step, {**state, "epoch": epoch}, keep=keep_checkpoints)
     bar.close()
-    log.close()
+    state.close()
     samples_log.close()
 
     # ---- the trained model, the summary; checkpoints are no longer needed
-    summary = {"loss": loss, "params": dataclasses.asdict(params), "prompts": len(prompts), "steps": state["step"],
-               "prompts_per_step": per_step, "samples": state["samples"], "truncated": truncated,
-               "rollout": rollout_config or {}, "seconds": seconds0 + time.time() - t0, "final": row}
-    checkpoint.save_model(accelerator, policy, tokenizer, out_dir / "model")
-    write_json(summary_path, summary)
-    shutil.rmtree(ckpt_root, ignore_errors=True)
+    summary = {"loss": loss, "params": dataclasses.asdict(params), "prompts": len(prompts), "steps": state.step,
+               "prompts_per_step": per_step, "samples": state.count, "truncated": truncated,
+               "rollout": rollout_config or {}, "seconds": state.seconds, "final": row}
+    checkpoint.finish(accelerator, opt.policy, tokenizer, out_dir, summary)
     accelerator.end_training()
     return summary

@@ -1,14 +1,15 @@
 """One training step's math: which sequences an objective reads, one forward over all of them,
 then the objective on named tensors. No loop, no optimizer here.
 
-``needs(spec)`` reads the objective's tensor names (``LossSpec.inputs``) and says which
-sequences go through the policy, which reference log-probs are precomputed, and which
-pairs-row numbers are read: ``policy_<seq>_logps``, ``ref_<seq>_logps``, ``anchor_<seq>_logps``,
-``<seq>_lengths``, ``<seq>_win_rates`` (row field ``<seq>_win_rate``). The two objectives whose
-inputs are not named after sequences get a hand-written mapping: KTO (``unpaired``; on a pairs
-file chosen is desirable and rejected undesirable, on an unpaired file each row's ``completion``
-is one example labelled by its ``label``; z0 from the ``kl`` sequence) and SFT (the chosen answers
-of pairs, or every row's ``completion`` of an unpaired file: ``data.selection`` writes SFT rows so).
+``needs(spec)`` reads what the objective declares (``LossSpec.reads``) and says which
+sequences go through the policy (chosen and rejected always, then its policy sequences and those
+whose lengths it reads), which reference and anchor log-probs are precomputed, and which
+pairs-row numbers are read (``ROW_VALUES``: ``<seq>_win_rates`` from the row field
+``<seq>_win_rate``). The two objectives whose inputs are not per-sequence tensors of a pair get a
+hand-written mapping (by ``LossSpec.data``): KTO (``unpaired``; on a pairs file chosen is
+desirable and rejected undesirable, on an unpaired file each row's ``completion`` is one example
+labelled by its ``label``; z0 from the ``kl`` sequence) and SFT (the chosen answers of pairs, or
+every row's ``completion`` of an unpaired file: ``data.selection`` writes SFT rows so).
 
 ``PolicyLogps`` is the module the training loop prepares with accelerate: a packed batch in,
 summed completion log-probs out. DDP, FSDP and DeepSpeed see its ``forward``, so gradient
@@ -18,15 +19,14 @@ synchronisation and parameter gathering happen as in any forward.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ratchet.logprobs import completion_logps, packed_logps
+from ratchet.logprobs import packed_logps
 from ratchet.losses import LossSpec, kto_kl_baseline
-from ratchet.train.batches import PairExample, PairsError, SequenceBatch, pack
+from ratchet.train.batches import PairExample, PairsError, pack
 
 
 class PolicyLogps(torch.nn.Module):
@@ -55,6 +55,9 @@ class Needs:
     """Pairs-row fields read as per-example numbers."""
 
 
+ROW_VALUES = {"chosen_win_rates": "chosen_win_rate", "rejected_win_rates": "rejected_win_rate"}
+"""Per-example values an objective may read from a pairs row: tensor name -> row field (SPPO's win rates)."""
+
 _SPECIAL = {  # (LossSpec.data, row format of the file) -> Needs
     ("unpaired", "pairs"): Needs(("chosen", "rejected", "kl"), ("chosen", "rejected", "kl"), (), ()),
     ("unpaired", "unpaired"): Needs(("completion", "kl"), ("completion", "kl"), (), ("label",)),
@@ -74,20 +77,13 @@ def needs(spec: LossSpec, row_format: str = "pairs") -> Needs:
         readers = sorted({d for d, f in _SPECIAL if f == row_format})
         raise PairsError(f"objective {spec.name!r} trains on pairs (chosen/rejected); the file holds {row_format} "
                          f"rows, which only objectives with LossSpec.data in {readers} read (kto, sft)")
-    policy, ref, anchor, values = ["chosen", "rejected"], [], [], []
-    for name in spec.inputs:
-        for pattern, into in ((r"policy_(\w+)_logps", policy), (r"ref_(\w+)_logps", ref),
-                              (r"anchor_(\w+)_logps", anchor), (r"(\w+)_lengths", policy),
-                              (r"(\w+)_win_rates", values)):
-            m = re.fullmatch(pattern, name)
-            if m:
-                into.append(m.group(1) + ("_win_rate" if into is values else ""))
-                break
-        else:
+    reads = spec.reads
+    for name in reads.values:
+        if name not in ROW_VALUES:
             raise ValueError(f"objective {spec.name!r} reads {name!r}, which the trainer cannot build from a "
-                             f"pairs file")
-    return Needs(tuple(dict.fromkeys(policy)), tuple(dict.fromkeys(ref)), tuple(dict.fromkeys(anchor)),
-                 tuple(dict.fromkeys(values)))
+                             f"pairs file (row values: {sorted(ROW_VALUES)})")
+    return Needs(tuple(dict.fromkeys(("chosen", "rejected") + reads.policy + reads.lengths)), reads.reference,
+                 reads.anchor, tuple(ROW_VALUES[name] for name in reads.values))
 
 
 def split_logps(logps: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -113,15 +109,15 @@ def loss_inputs(spec: LossSpec, policy: dict[str, torch.Tensor], lengths: dict[s
         seq = "completion" if "completion" in policy else "chosen"
         return {"policy_logps": policy[seq], "lengths": lengths[seq].to(policy[seq])}
     out = {}
-    for name in spec.inputs:
-        if name.startswith("policy_"):
-            out[name] = policy[name[len("policy_"):-len("_logps")]]
-        elif name.startswith(("ref_", "anchor_")):
-            out[name] = precomputed[name]
-        elif name.endswith("_lengths"):
-            out[name] = lengths[name[:-len("_lengths")]].to(policy["chosen"])
-        else:  # <seq>_win_rates
-            out[name] = values[name[:-len("s")]]
+    for name, (source, of) in spec.reads.tensors.items():
+        if source == "policy":
+            out[name] = policy[of]
+        elif source == "lengths":
+            out[name] = lengths[of].to(policy["chosen"])
+        elif source == "value":
+            out[name] = values[ROW_VALUES[name]]
+        else:  # ref, anchor: precomputed once per dataset (train.reference)
+            out[name] = precomputed[f"{source}_{of}_logps"]
     return out
 
 
@@ -140,16 +136,6 @@ def micro_batch_loss(policy, spec: LossSpec, params, need: Needs, examples: list
     per_pair = out.loss.numel() // len(examples)  # 2 for KTO on pairs (chosen, rejected), 1 on unpaired rows
     w = torch.tensor(weights, device=out.loss.device).repeat(per_pair)
     return (out.loss * w).sum() / per_pair, out, logps, packed
-
-
-# ----------------------------------------------------------- unshared helpers (tests, simple uses)
-def pair_logps(model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen_logps [B], rejected_logps [B]) from one forward over the 2B stacked sequences."""
-    device = next(model.parameters()).device
-    logps = completion_logps(model, batch.input_ids.to(device), batch.attention_mask.to(device),
-                             batch.completion_mask.to(device))
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:]
 
 
 def pair_loss(spec: LossSpec, params, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,

@@ -1,6 +1,8 @@
 # Two commands do everything, each setting itself up on a fresh machine:
 #   make demo   one real self-improvement round on the embedded model, before/after table
 #   make test   the test suite (what .ci/run calls)
+#   make test-fast   the inner loop while developing: all but the tests marked slow (subprocesses,
+#                    the code sandbox, whole loop rounds), under a minute
 # A second run reinstalls nothing: the install step is a stamp file that depends on pyproject.toml.
 
 PYTHON ?= python3
@@ -12,7 +14,7 @@ STAMP  := $(VENV)/.ratchet-installed
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-fast install clean-venv
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ratchet needs Python 3.11+"'
@@ -33,6 +35,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	# tiny test models gain nothing from threads, and one thread per process keeps a busy machine responsive
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

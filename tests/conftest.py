@@ -64,3 +64,51 @@ def tiny(tiny_model_dir):
     from ratchet.models import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+class LengthJudge:
+    """Prefers longer completions: a random model is never right, but pairs still need a winner."""
+
+    def judge(self, prompt, completions):
+        from ratchet.judge.base import Judgment
+
+        return [Judgment(score=float(len(c)), correct=None) for c in completions]
+
+
+@pytest.fixture
+def length_judge(monkeypatch):
+    """Registers ``LengthJudge`` as judge ``length`` for one test (the name ``tiny_run_overrides`` selects)."""
+    from ratchet.judge import JUDGES
+
+    monkeypatch.setitem(JUDGES, "length", LengthJudge)
+
+
+def tiny_run_overrides(tmp_path, model_dir):
+    """Config overrides for a small, fast run on the tiny model: few prompts, short samples, the length judge."""
+    return [f"runs_dir={tmp_path / 'runs'}", "name=tiny", f"model={model_dir}", "task.train_prompts=4",
+            "task.heldout_prompts=3", "generate.k=3", "generate.max_new_tokens=6", "generate.temperature=1.0",
+            "evaluate.max_new_tokens=6", "train.batch_size=2", "train.max_length=400", "judge.name=length",
+            "pair.strategy=best_vs_worst", "train.lr=1e-3",
+            "pair.drop_truncated=false"]  # 6 tokens cut nearly every random-model sample
+
+
+def tokenize_revision(row: dict, tokenizer, template=None, *, max_length: int) -> dict:
+    """SRPO's six sequences of a pairs row tokenised, prompt masked, one by one from
+    ``ratchet.data.revision.expand_revision``: a reference for ``ratchet.train.batches.prepare_pairs``,
+    which builds them its own way. Each distinct prompt is templated once; a sequence that does not fit
+    ``max_length`` is a ValueError naming the row and the sequence."""
+    from ratchet.data.revision import expand_revision
+    from ratchet.data.tokenize import prompt_ids, tokenize_completion
+
+    prompts: dict[str, list[int]] = {}
+    out = {}
+    for name, seq in expand_revision(row, template).items():
+        key = repr(seq.messages)
+        if key not in prompts:
+            prompts[key] = prompt_ids(tokenizer, seq.messages)
+        try:
+            out[name] = tokenize_completion(tokenizer, prompts[key], seq.text, complete=seq.complete,
+                                            max_length=max_length)
+        except ValueError as e:
+            raise ValueError(f"pairs row {row.get('id', '?')!r}, sequence {name}: {e}") from None
+    return out

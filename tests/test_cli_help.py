@@ -11,7 +11,7 @@ import pytest
 from ratchet import __version__, cli, console
 from ratchet.config import RunConfig, field_docs, load_config
 
-from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
+from conftest import tiny_run_overrides as _overrides
 
 
 def _subparsers():
@@ -56,6 +56,7 @@ def test_every_config_key_is_documented_and_shown(capsys):
     assert "arithmetic-dpo" in capsys.readouterr().out.split()
 
 
+@pytest.mark.slow
 def test_demo_runs_the_demo_recipe(monkeypatch):
     import ratchet.loop.run as run_mod
 
@@ -67,6 +68,7 @@ def test_demo_runs_the_demo_recipe(monkeypatch):
     assert seen[0] == load_config("recipes/arithmetic-dpo.yaml") and seen[0].task.train_prompts == 128
 
 
+@pytest.mark.slow
 def test_loop_status_lines_and_resumed_stages(tmp_path, tiny_model_dir, length_judge, capsys):
     o = _overrides(tmp_path, tiny_model_dir) + ["name=status"]
     assert cli.main(["loop", *o]) == 0

@@ -7,9 +7,9 @@ import torch
 from ratchet.data.tokenize import prompt_ids, tokenize_completion
 from ratchet.logprobs import completion_logps
 from ratchet.losses import LOSSES
-from ratchet.train.batches import PairExample, collate, collate_pairs
+from ratchet.train.batches import PairExample, collate
 from ratchet.train.reference import compute_reference_logps
-from ratchet.train.step import pair_logps, pair_loss
+from ratchet.train.step import pair_loss
 
 
 def _seqs(tok, n=3):
@@ -25,6 +25,19 @@ def _naive(model, batch):
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
     logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
     return (logp * batch.completion_mask[:, 1:]).sum(-1)
+
+
+def collate_pairs(examples, pad_id):
+    """Chosen then rejected in one batch of 2B sequences (row i chosen of pair i, row B + i its
+    rejected), so both go through one forward."""
+    return collate([e.chosen for e in examples] + [e.rejected for e in examples], pad_id)
+
+
+def pair_logps(model, batch):
+    """(chosen_logps [B], rejected_logps [B]) from one forward over the 2B stacked sequences."""
+    logps = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
 
 
 def test_completion_logps_match_naive_and_gradients(tiny):

@@ -15,7 +15,7 @@ from ratchet.loop import model_cache
 from ratchet.loop import stages
 from ratchet.models import ModelNotFoundError, load_model, resolve_model
 
-from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
+from conftest import tiny_run_overrides as _overrides
 
 REPO = "Qwen/Qwen2.5-0.5B-Instruct"  # a dotted id: its ".5B-Instruct" is no file suffix
 
@@ -64,6 +64,7 @@ def test_auto_is_float32_on_cpu(tiny_model_dir):
     assert next(model.parameters()).dtype == torch.float32 and next(model.parameters()).device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_dtype_and_device_reach_every_stage(tmp_path, tiny_model_dir, length_judge, monkeypatch):
     """A bfloat16 round on the CPU: every model load gets the recipe's options, and every stage that
     runs a model gets it in bfloat16."""

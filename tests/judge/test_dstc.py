@@ -42,6 +42,7 @@ def sandbox():
 
 
 @pytest.mark.parametrize("isolate_tests", [True, False])
+@pytest.mark.slow
 def test_pass_matrix(sandbox, isolate_tests):
     codes = [
         "def inc(x):\n    return x + 1\n",                                     # right
@@ -62,11 +63,13 @@ def test_pass_matrix(sandbox, isolate_tests):
     ]
 
 
+@pytest.mark.slow
 def test_pass_matrix_without_tests(sandbox):
     assert pass_matrix(sandbox, ["def f():\n    return 1\n"], [], "f") == [[]]
     assert pass_matrix(sandbox, ["def f():\n    return 1\n"], [], "f", isolate_tests=False) == [[]]
 
 
+@pytest.mark.slow
 def test_a_forging_test_cannot_pass_other_tests(sandbox):
     """A model-written test that writes fake "pass" lines to every fd, then exits: it does not
     even pass itself (the lines lack the run's token), and cannot touch the other tests."""

@@ -12,6 +12,8 @@ import pytest
 from ratchet.judge.sandbox import Job, Limits, Sandbox, SandboxError
 from ratchet.judge.sandbox_wire import decode, encode
 
+pytestmark = pytest.mark.slow  # runs programs in the code sandbox
+
 ADD = "def add(a, b):\n    return a + b\n"
 
 

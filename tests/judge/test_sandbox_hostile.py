@@ -39,6 +39,8 @@ import pytest
 from ratchet.judge.code import human_eval_path
 from ratchet.judge.sandbox import Job, Limits, Sandbox
 
+pytestmark = pytest.mark.slow  # runs hostile programs in the code sandbox
+
 TOKEN = uuid.uuid4().hex[:12]
 SECRET = f"hf_secret_{TOKEN}"
 MARK = 900000 + int(TOKEN[:5], 16) % 99999  # a distinctive `sleep` argument for orphan hunting

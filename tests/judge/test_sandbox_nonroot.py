@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts the sandbox from a non-root subprocess
+
 JUDGE = Path(__file__).resolve().parents[2] / "src" / "ratchet" / "judge"
 NOBODY = 65534
 

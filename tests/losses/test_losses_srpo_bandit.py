@@ -3,7 +3,7 @@
 One prompt, K responses, an exact (non-Bradley-Terry) preference matrix P with P + P^T = 1. Pairs
 (a, b) are drawn from a behaviour distribution mu x mu and labelled a > b with probability P(a > b), so
 the population loss is sum_{a != b} mu(a) mu(b) P(a > b) L_alpha(y_w = a, y_l = b). The closed forms
-(ALGORITHMS.md section 1(a)) are
+(docs/algorithms.md#srpo-objective) are
 
     pi+*(y'|y) = pi_ref(y'|y) exp(P(y' > y)/beta) / Z(y),   Z(y) = sum_y' pi_ref(y'|y) exp(P(y' > y)/beta)
     pi*(y)     = pi_ref(y) / Z(y)  (normalised)

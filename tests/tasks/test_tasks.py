@@ -114,6 +114,7 @@ def test_errors_name_the_file_and_column(tmp_path, jsonl):
         _task(jsonl, heldout_fraction=0.001).check()
 
 
+@pytest.mark.slow
 def test_hub_dataset_offline_and_not_cached_fails_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

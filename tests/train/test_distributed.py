@@ -28,6 +28,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, tiny_model_dir):
     kw = {"epochs": 2, "max_grad_norm": 0.5, "checkpoint_every": 0}
     one_pairs = write_pairs(tmp_path / "one" / "pairs.jsonl", 9)  # steps of 4, 4 and 1 pair per epoch

@@ -11,7 +11,9 @@ from ratchet.judge import JUDGES
 from ratchet.judge.base import Judgment
 from ratchet.loop.run import run_loop
 
-from test_e2e_round import _overrides
+from conftest import tiny_run_overrides as _overrides
+
+pytestmark = pytest.mark.slow  # a whole loop round
 
 
 class ParityJudge:

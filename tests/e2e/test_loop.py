@@ -11,7 +11,7 @@ from ratchet.loop import stages
 from ratchet.loop.manifest import StaleStageError
 from ratchet.loop.run import run_loop
 
-from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
+from conftest import tiny_run_overrides as _overrides
 
 
 @pytest.fixture
@@ -31,6 +31,7 @@ def scripted_accuracy(monkeypatch):
     return script
 
 
+@pytest.mark.slow
 def test_two_rounds_with_rollback(tmp_path, tiny_model_dir, length_judge, scripted_accuracy, capsys):
     scripted_accuracy += [0.5, 0.3, 0.6]  # base, round 1 regresses, round 2 improves
     assert cli.main(["loop", *_overrides(tmp_path, tiny_model_dir), "rounds=2", "name=two"]) == 0
@@ -53,6 +54,7 @@ def test_two_rounds_with_rollback(tmp_path, tiny_model_dir, length_judge, script
     assert last.startswith("loop: rounds=2 mean_score 0.500 -> 0.600 kept=1 minutes=")
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages_and_detects_changes(tmp_path, tiny_model_dir, length_judge, monkeypatch):
     o = _overrides(tmp_path, tiny_model_dir) + ["name=resume"]
     run_loop(load_config(None, o), progress=False)
@@ -79,6 +81,7 @@ def test_resume_skips_finished_stages_and_detects_changes(tmp_path, tiny_model_d
         run_loop(load_config(None, o + ["generate.k=2"]), progress=False)
 
 
+@pytest.mark.slow
 def test_report_command(tmp_path, tiny_model_dir, length_judge, capsys):
     o = _overrides(tmp_path, tiny_model_dir) + ["name=rep"]
     run_loop(load_config(None, o), progress=False)

@@ -6,8 +6,9 @@ import inspect
 
 import pytest
 
+from conftest import tokenize_revision
 from ratchet.data.revision import (SEQUENCE_NAMES, default_template, expand_revision, load_template,
-                                   revision_messages, tokenize_revision)
+                                   revision_messages)
 from ratchet.losses.srpo import srpo_loss
 
 QUESTION = "Tom has 3 apples and gets 4 more. How many?"

@@ -14,7 +14,7 @@ from ratchet.generate.score import sequence_logprobs
 from ratchet.judge import JUDGES
 from ratchet.judge.base import Judgment
 
-RECIPES = Path(__file__).parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 class LongestCorrect:
@@ -41,6 +41,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_star_recipe_two_rounds(tmp_path, tiny_model_dir, longest_judge, capsys):
     argv = ["loop", str(RECIPES / "arithmetic-star.yaml"), *_tiny(tmp_path, tiny_model_dir, "star"), "rounds=2"]
     assert cli.main(argv) == 0
@@ -62,6 +63,7 @@ def test_star_recipe_two_rounds(tmp_path, tiny_model_dir, longest_judge, capsys)
     assert last.startswith("loop: rounds=2 accuracy ") and " kept=" in last and " minutes=" in last
 
 
+@pytest.mark.slow
 def test_sharpen_recipe_selects_the_most_likely_sample(tmp_path, tiny_model_dir, longest_judge):
     argv = ["loop", str(RECIPES / "arithmetic-sharpen-sft.yaml"), *_tiny(tmp_path, tiny_model_dir, "sharp"),
             "rounds=1"]

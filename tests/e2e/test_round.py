@@ -5,35 +5,15 @@ import json
 import pytest
 import yaml
 
+from conftest import tiny_run_overrides as _overrides
 from ratchet import cli
-from ratchet.judge import JUDGES
-from ratchet.judge.base import Judgment
-
-
-class LengthJudge:
-    """Prefers longer completions: a random model is never right, but pairs still need a winner."""
-
-    def judge(self, prompt, completions):
-        return [Judgment(score=float(len(c)), correct=None) for c in completions]
-
-
-@pytest.fixture
-def length_judge(monkeypatch):
-    monkeypatch.setitem(JUDGES, "length", LengthJudge)
-
-
-def _overrides(tmp_path, model_dir):
-    return [f"runs_dir={tmp_path / 'runs'}", "name=tiny", f"model={model_dir}", "task.train_prompts=4",
-            "task.heldout_prompts=3", "generate.k=3", "generate.max_new_tokens=6", "generate.temperature=1.0",
-            "evaluate.max_new_tokens=6", "train.batch_size=2", "train.max_length=400", "judge.name=length",
-            "pair.strategy=best_vs_worst", "train.lr=1e-3",
-            "pair.drop_truncated=false"]  # 6 tokens cut nearly every random-model sample
 
 
 def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_demo_round_writes_every_stage(tmp_path, tiny_model_dir, length_judge, capsys):
     assert cli.main(["demo", *_overrides(tmp_path, tiny_model_dir)]) == 0
     run = tmp_path / "runs" / "tiny"
@@ -58,6 +38,7 @@ def test_demo_round_writes_every_stage(tmp_path, tiny_model_dir, length_judge, c
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_each_stage_runs_alone_from_the_cli(tmp_path, tiny_model_dir, length_judge):
     o = _overrides(tmp_path, tiny_model_dir)
     d = tmp_path / "stages"
@@ -96,6 +77,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, tiny_model_dir, length_
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_revise_and_per_revision_evaluation(tmp_path, tiny_model_dir, length_judge):
     o = _overrides(tmp_path, tiny_model_dir)
     d = tmp_path / "rev"

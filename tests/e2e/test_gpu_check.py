@@ -7,7 +7,11 @@ import importlib.util
 import re
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+import pytest
+
+pytestmark = pytest.mark.slow  # a whole round of the benchmark script
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 LAST_LINE = re.compile(r"gpu_check: round_ok=(true|false) gen_speedup=(\d+\.\d\d|nan) train_mfu=(\d+\.\d\d|nan)")
 
 

@@ -11,6 +11,8 @@ import pytest
 from ratchet.loop.report import write_report
 from test_report import fake_run
 
+pytestmark = pytest.mark.slow  # a headless Chromium subprocess
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -14,7 +14,7 @@ from ratchet.config import ConfigError, load_config
 from ratchet.data.records import RecordError, read_jsonl, write_json, write_jsonl
 from ratchet.judge import JUDGES
 
-from test_e2e_round import LengthJudge, _overrides, length_judge  # noqa: F401  (fixture)
+from conftest import LengthJudge, tiny_run_overrides as _overrides
 
 STAGE_FILES = ("prompts", "completions", "judgments", "pairs")
 
@@ -79,6 +79,7 @@ def _snapshot(directory):
 
 # ------------------------------------------------------------------------------ files and rows
 @pytest.mark.parametrize("kind", STAGE_FILES)
+@pytest.mark.slow
 def test_non_utf8_file_names_the_row(tmp_path, made, tiny_model_dir, o, capsys, kind):
     lines = made[kind].read_bytes().splitlines(keepends=True)
     bad = tmp_path / f"bad-{kind}.jsonl"
@@ -115,6 +116,7 @@ def _set(key, value, item=None):
     ("pairs", _set("chosen", 7), r"pairs row 1: chosen must be a string \(the answer text\), got int 7"),
     ("pairs", _set("rejected", None), r"pairs row 1: rejected must be a string"),
 ])
+@pytest.mark.slow
 def test_wrong_types_in_rows_name_the_row(tmp_path, made, tiny_model_dir, o, capsys, kind, mutate,
                                           match):
     rows = _rows(made[kind])
@@ -125,6 +127,7 @@ def test_wrong_types_in_rows_name_the_row(tmp_path, made, tiny_model_dir, o, cap
     assert ("use --skip-invalid to skip such rows" in err) == (kind == "pairs")  # only `ratchet train` has it
 
 
+@pytest.mark.slow
 def test_prompt_too_long_for_the_model_names_the_file_and_row(tmp_path, made, tiny_model_dir, o, capsys):
     rows = _rows(made["prompts"])
     rows[1]["messages"][0]["content"] = "y" * 3000  # the tiny model's context is 512 tokens
@@ -136,6 +139,7 @@ def test_prompt_too_long_for_the_model_names_the_file_and_row(tmp_path, made, ti
     assert not list(tmp_path.glob("c*")) and not (tmp_path / "eval").exists()
 
 
+@pytest.mark.slow
 def test_judgments_must_match_completions_by_id(tmp_path, made, o, capsys):
     judged = _rows(made["judgments"])
     first = judged[0]["id"]
@@ -157,6 +161,7 @@ def test_judgments_must_match_completions_by_id(tmp_path, made, o, capsys):
 
 @pytest.mark.parametrize("score, shown", [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e999", "inf"),
                                           ('"0.5"', "'0.5' \\(str\\)"), ("null", "None"), ("true", "True")])
+@pytest.mark.slow
 def test_non_finite_and_non_numeric_scores_are_refused(tmp_path, made, o, capsys, score, shown):
     lines = made["judgments"].read_text().splitlines()
     row = json.loads(lines[2])
@@ -221,6 +226,7 @@ def test_edge_values_still_load():
     ("train", "train.batch_size=0", "train.batch_size: expected >= 1, got 0"),
     ("train", "train.batch_size=-1", "train.batch_size: expected >= 1, got -1"),
 ])
+@pytest.mark.slow
 def test_bad_config_on_the_command_line(tmp_path, made, tiny_model_dir, o, capsys, command, override, message):
     argv = {"prompts": ["prompts", "--out", tmp_path / "p.jsonl"],
             "train": ["train", "--model", tiny_model_dir, "--pairs", made["pairs"], "--out", tmp_path / "t"]}[command]
@@ -237,6 +243,7 @@ def test_empty_pairs_file(tmp_path, tiny_model_dir, o, capsys):
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow
 def test_empty_completions_file_keeps_the_judgments(tmp_path, made, o, capsys):
     out = tmp_path / "judgments.jsonl"
     assert cli.main(["judge", "--completions", str(made["completions"]), "--out", str(out), *o]) == 0
@@ -250,6 +257,7 @@ def test_empty_completions_file_keeps_the_judgments(tmp_path, made, o, capsys):
     assert _snapshot(tmp_path) == {**before, "in/completions.jsonl": b"\n"}
 
 
+@pytest.mark.slow
 def test_train_drops_identical_pairs_and_counts_them(tmp_path, made, tiny_model_dir, o, capsys):
     rows = _rows(made["pairs"])
     same = [{**r, "rejected": r["chosen"]} for r in rows]
@@ -281,6 +289,7 @@ def test_pair_stage_drops_identical_pairs_and_counts_them(tmp_path, o):
     assert counts == {"rows": 1, "pairs_dropped_identical": 1}
 
 
+@pytest.mark.slow
 def test_round_metrics_record_the_dropped_pairs(tmp_path, tiny_model_dir, length_judge):
     assert cli.main(["demo", *_overrides(tmp_path, tiny_model_dir), "task.heldout_prompts=1"]) == 0
     metrics = json.loads((tmp_path / "runs" / "tiny" / "round_1" / "metrics.json").read_text())
@@ -289,6 +298,7 @@ def test_round_metrics_record_the_dropped_pairs(tmp_path, tiny_model_dir, length
 
 # ------------------------------------------------------------------------------ a failure loses nothing
 @pytest.mark.parametrize("kind", STAGE_FILES)
+@pytest.mark.slow
 def test_failing_stage_leaves_the_finished_run_byte_identical(tmp_path, made, tiny_model_dir, o,
                                                               capsys, kind):
     out = tmp_path / "out" / ("run" if kind == "pairs" else "stage.jsonl")
@@ -306,6 +316,7 @@ def test_failing_stage_leaves_the_finished_run_byte_identical(tmp_path, made, ti
     assert _snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_failing_evaluate_leaves_the_finished_evaluation(tmp_path, made, tiny_model_dir, o, capsys):
     out = tmp_path / "out" / "eval"
     argv = ["evaluate", "--model", tiny_model_dir, "--prompts", made["prompts"], "--out", out]
@@ -318,6 +329,7 @@ def test_failing_evaluate_leaves_the_finished_evaluation(tmp_path, made, tiny_mo
     assert _snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_row_the_judge_cannot_read_names_the_file(tmp_path, made, tiny_model_dir, o, capsys):
     """The answer judge needs each prompt's answer: judging names the completions file, evaluating the
     prompts file; the answers sampled before the judge failed do not replace a finished evaluation's."""
@@ -359,6 +371,7 @@ def test_write_json_and_save_config_leave_the_old_file_when_they_fail(tmp_path, 
                                                                                         "run.config.yaml"]
 
 
+@pytest.mark.slow
 def test_skip_invalid_is_suggested_only_by_train(tmp_path, made, tiny):
     """The loop and compare-revisions train without --skip-invalid: their errors do not offer it."""
     from ratchet.config import TrainConfig

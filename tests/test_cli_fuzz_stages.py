@@ -9,10 +9,14 @@ import json
 import os
 import random
 
+import pytest
+
 from ratchet import cli
 from ratchet.judge import JUDGES
 
-from test_e2e_round import LengthJudge, _overrides
+from conftest import LengthJudge, tiny_run_overrides as _overrides
+
+pytestmark = pytest.mark.slow  # every stage command, many times, on the tiny model
 
 SEED = int(os.environ.get("RATCHET_FUZZ_SEED", "0"))
 SCALE = float(os.environ.get("RATCHET_FUZZ_SCALE", "1"))

@@ -92,6 +92,7 @@ def test_to_trl_refuses_rows_that_are_not_pairs():
         to_trl({"messages": SKY, "chosen": "x"}, "f:3")
 
 
+@pytest.mark.slow
 def test_trl_accepts_what_to_trl_writes(tiny_tokenizer):
     data_utils = pytest.importorskip("trl.data_utils")
     for row in map(to_trl, _ratchet_rows()):

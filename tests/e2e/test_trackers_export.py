@@ -16,7 +16,7 @@ from ratchet.loop.run import run_loop
 from ratchet.loop.trackers import TRACKERS
 from ratchet.models import load_model
 
-from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
+from conftest import tiny_run_overrides as _overrides
 
 
 def test_tracker_names_are_accelerates():
@@ -27,6 +27,7 @@ def test_tracker_names_are_accelerates():
         load_config(None, ["log.report_to=[tensorboardx]"])
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_each_rounds_metrics(tmp_path, tiny_model_dir, length_judge):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     o = _overrides(tmp_path, tiny_model_dir) + ["name=tb", "log.report_to=[tensorboard]"]
@@ -47,6 +48,7 @@ def _greedy(model_dir, prompts):
 
 
 @pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.slow
 def test_export_round_trip(tmp_path, tiny_model_dir, length_judge, lora):
     extra = ["train.lora.r=4", "train.lora.merge=false"] if lora else []
     o = _overrides(tmp_path, tiny_model_dir) + ["name=ex", "gate_tolerance=100", *extra]

@@ -15,7 +15,7 @@ from ratchet.judge.code import STOP, human_eval_problems, load_human_eval
 from ratchet.loop import stages
 from ratchet.tasks import builtin_task
 
-RECIPE = Path(__file__).parent.parent / "recipes" / "humaneval-dstc.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "humaneval-dstc.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ RIGHT_B = "    return 1 + x\n"  # a body-only continuation of the prompt
 WRONG = "    return x * 2\n"  # right for x = 1 only
 
 
+@pytest.mark.slow
 def test_pass_matrix_to_judgments_to_pairs(tmp_path):
     """Two right samples and one wrong; tests: t0 = inc(1) == 2 (all pass: not lenient),
     t1 = inc(0) == 1 (the wrong one fails). Minimax: chosen = code 0 with the strictest test it
@@ -145,6 +146,7 @@ def _overrides(tmp_path, model_dir, name):
             "evaluate.max_new_tokens=8", "train.batch_size=2", "train.max_length=2048", "train.lr=1e-3"]
 
 
+@pytest.mark.slow
 def test_round_of_the_recipe_on_the_tiny_model(tmp_path, code_model_dir):
     """Random weights write no test that parses, so there is nothing to pair: the round is
     recorded as not trained, and the loop goes on from the same model."""
@@ -167,6 +169,7 @@ def test_round_of_the_recipe_on_the_tiny_model(tmp_path, code_model_dir):
     assert summary["rounds"][1]["kept"] is False and "not trained (no pairs)" in summary["rounds"][1]["rollback"]
 
 
+@pytest.mark.slow
 def test_round_with_pairs_trains_and_evaluates(tmp_path, code_model_dir, monkeypatch):
     """The scripted samples give a pass matrix with a winner: pairs of code + test, training on
     them, and the trained model's held-out pass@1 under the real tests."""

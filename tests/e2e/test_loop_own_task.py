@@ -14,7 +14,7 @@ from ratchet.config import load_config
 from ratchet.loop import stages
 from ratchet.loop.run import run_loop
 
-from test_e2e_round import _overrides
+from conftest import tiny_run_overrides as _overrides
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ def _summary(tmp_path, name):
     return json.loads((tmp_path / "runs" / name / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_jsonl_task_with_the_exact_judge(tmp_path, tiny_model_dir, qa, capsys):
     assert cli.main(["loop", *_own(tmp_path, tiny_model_dir, qa, "name=own", "judge.name=exact")]) == 0
     run = tmp_path / "runs" / "own"
@@ -50,6 +51,7 @@ def test_jsonl_task_with_the_exact_judge(tmp_path, tiny_model_dir, qa, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("loop: rounds=1 accuracy 0.000 -> 0.000")
 
 
+@pytest.mark.slow
 def test_python_judge_scores_and_the_gate_on_mean_score(tmp_path, tiny_model_dir, qa, monkeypatch):
     (tmp_path / "judges_mod.py").write_text("def vowels(row, completions):\n"
                                             "    return [sum(ch in 'aeiou' for ch in c) / 10 for c in completions]\n")
@@ -66,6 +68,7 @@ def test_python_judge_scores_and_the_gate_on_mean_score(tmp_path, tiny_model_dir
                                                     if x["kept"]))
 
 
+@pytest.mark.slow
 def test_self_rewarding_round_the_policy_judges_itself(tmp_path, tiny_model_dir, qa, monkeypatch):
     from ratchet.judge import llm_judge as llm
 
@@ -89,6 +92,7 @@ def test_self_rewarding_round_the_policy_judges_itself(tmp_path, tiny_model_dir,
     assert (run / "verified.jsonl").exists() and summary["rounds"][1]["pass_at_1"] == 0.0  # samples verified too
 
 
+@pytest.mark.slow
 def test_reward_model_judge_with_a_tiny_classifier(tmp_path, tiny_model_dir, tiny_tokenizer, qa):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
@@ -107,6 +111,7 @@ def test_reward_model_judge_with_a_tiny_classifier(tmp_path, tiny_model_dir, tin
     assert len(set(scores)) > 1 and summary["metric"] == "mean_score"
 
 
+@pytest.mark.slow
 def test_pairwise_judge_win_rate_against_round_zero(tmp_path, tiny_model_dir, qa, monkeypatch):
     from ratchet.judge import llm_judge as llm
 
@@ -129,6 +134,7 @@ def test_pairwise_judge_win_rate_against_round_zero(tmp_path, tiny_model_dir, qa
     assert r1["kept"] == (r1["win_rate"] >= 0.5)
 
 
+@pytest.mark.slow
 def test_win_rate_against_gold_answers(tmp_path, tiny_model_dir, qa, monkeypatch):
     from ratchet.config import EvalConfig, JudgeConfig
     from ratchet.judge import llm_judge as llm

@@ -11,7 +11,9 @@ from ratchet.config import load_config
 from ratchet.loop.run import run_loop
 from ratchet.models import load_model
 
-from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
+from conftest import tiny_run_overrides as _overrides
+
+pytestmark = pytest.mark.slow  # two whole loop rounds
 
 
 @pytest.mark.parametrize("merge", [True, False])

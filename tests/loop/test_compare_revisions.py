@@ -51,6 +51,7 @@ def test_recipe_loads_as_srpo_with_three_revisions():
     assert cfg.revise.revisions == 3 and cfg.task.name == "arithmetic" and cfg.model.path == "smollm2-135m"
 
 
+@pytest.mark.slow
 def test_compare_from_self_generated_pairs(tmp_path, tiny_model_dir, parity_judge, short_template, capsys):
     args = ["compare-revisions", "--recipe", str(RECIPE), *_overrides(tmp_path, tiny_model_dir, short_template, 2)]
     assert cli.main(args) == 0
@@ -81,6 +82,7 @@ def test_compare_from_self_generated_pairs(tmp_path, tiny_model_dir, parity_judg
     assert results["pairs"] == len(read_jsonl(run / "pairs.jsonl")) > 0
 
 
+@pytest.mark.slow
 def test_given_pairs_and_resume(tmp_path, tiny_model_dir, parity_judge, short_template, monkeypatch):
     pairs = write_jsonl(tmp_path / "given.jsonl", [
         {"id": f"p{i}", "messages": [{"role": "user", "content": f"what is {i} + 1?"}],
@@ -94,7 +96,7 @@ def test_given_pairs_and_resume(tmp_path, tiny_model_dir, parity_judge, short_te
     def boom(*a, **k):
         raise AssertionError("a finished stage ran again")
 
-    for name in ("train", "evaluate_revisions", "generate"):
+    for name in ("train_model", "evaluate_revisions", "generate"):
         monkeypatch.setattr(stages, name, boom)
     again = compare.compare_revisions(cfg, pairs=pairs, progress=False)  # resumed: every stage skipped
     assert again["accuracy"] == first["accuracy"]

@@ -16,7 +16,7 @@ from ratchet.loop import stages
 from ratchet.loop.manifest import StaleStageError
 from ratchet.loop.run import run_loop
 
-from test_e2e_round import _overrides
+from conftest import tiny_run_overrides as _overrides
 
 
 class AllCorrectJudge:
@@ -33,6 +33,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_each_round_samples_at_the_probed_temperature(tmp_path, tiny_model_dir, all_correct, monkeypatch):
     o = _overrides(tmp_path, tiny_model_dir) + ["name=temp", "judge.name=all_correct", "generate.temperature=0.5",
                                                 "generate.temperature_grid=[1.0, 0.0001]",
@@ -63,6 +64,7 @@ def test_each_round_samples_at_the_probed_temperature(tmp_path, tiny_model_dir, 
         run_loop(load_config(None, o + ["generate.temperature_grid=[0.5]"]), progress=False)
 
 
+@pytest.mark.slow
 def test_ties_go_to_the_lowest_temperature_and_no_grid_means_no_probe(tmp_path, tiny_model_dir, all_correct,
                                                                      monkeypatch):
     monkeypatch.setitem(JUDGES, "all_wrong", lambda: type("W", (), {"judge": lambda self, p, cs: [

@@ -9,7 +9,7 @@ from ratchet.config import ConfigError, load_config
 from ratchet.loop import online_round
 from ratchet.loop.run import run_loop
 
-from test_e2e_round import _overrides, length_judge  # noqa: F401  (fixture)
+from conftest import tiny_run_overrides as _overrides
 
 
 def _lines(path):
@@ -17,6 +17,7 @@ def _lines(path):
 
 
 @pytest.mark.parametrize("reward", ["judge", "self_loglik"])
+@pytest.mark.slow
 def test_rloo_round_trains_on_its_prompts_and_resumes(tmp_path, tiny_model_dir, length_judge, reward, monkeypatch):
     o = _overrides(tmp_path, tiny_model_dir) + ["name=rl", "train.loss.name=rloo", f"online.reward={reward}",
                                                 "train.reference=initial"]
@@ -41,6 +42,7 @@ def test_rloo_round_trains_on_its_prompts_and_resumes(tmp_path, tiny_model_dir, 
     assert calls == []  # finished stages are skipped
 
 
+@pytest.mark.slow
 def test_score_rounds_run_stage_one_then_two_and_evaluate_both_attempts(tmp_path, tiny_model_dir, length_judge):
     o = _overrides(tmp_path, tiny_model_dir) + ["name=score", "train.loss.name=score", "rounds=2",
                                                 "online.correction_instruction=Check and fix it."]

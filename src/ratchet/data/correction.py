@@ -1,4 +1,4 @@
-"""SCoRe's two-turn episode (Kumar et al. 2024, arXiv 2409.12917; ALGORITHMS.md section 9.4).
+"""SCoRe's two-turn episode (Kumar et al. 2024, arXiv 2409.12917; docs/algorithms.md#score).
 
 Turn 1 answers the prompt x; turn 2 answers ``[x, y1, p]``: the conversation so far with the first
 attempt as the assistant's turn, then a fixed self-correction instruction p as a new user turn.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 INSTRUCTION = ("There might be an error in the solution above because of lack of understanding of the question. "
                "Please correct the error, if any, and rewrite the solution.")
-"""The first two sentences of the paper's MATH self-correction instruction (ALGORITHMS.md 9.4)."""
+"""The first two sentences of the paper's MATH self-correction instruction (docs/algorithms.md#score)."""
 
 Messages = list[dict]
 

@@ -1,6 +1,6 @@
 """DSTC's test-writing prompts: the model writes unit tests for the code prompts it also solves.
 
-DSTC (Liu et al. 2024, arXiv 2411.13611; ALGORITHMS.md section 6) samples, per prompt, code from
+DSTC (Liu et al. 2024, arXiv 2411.13611; docs/algorithms.md#dstc) samples, per prompt, code from
 the ordinary prompt and tests from a test-writing prompt built here from a template (a data
 file, ``string.Template`` syntax) with ``$prompt`` (the code to test: the task's signature and
 docstring) and ``$entry_point`` (the function's name). Pure Python: this module builds messages

@@ -1,7 +1,7 @@
 """B-STaR monitoring of one round's samples: exploration, exploitation and their balance. Pure Python.
 
 Source: B-STaR, Zeng et al., arXiv 2412.17256 (ICLR 2025), eq. 3 and code hkust-nlp/B-STaR
-``train_code/determine_hyper.py::cal_modi_acc_soft``; ALGORITHMS.md section 9.5.
+``train_code/determine_hyper.py::cal_modi_acc_soft``; ``docs/algorithms.md#bstar`` (section 9.5).
 
 Inputs are a round's completions and judgments rows (``data.records``), matched by ``id``. The
 ground truth is the judgments' ``correct``; the judge's ranking is its ``scores``. A prompt whose

@@ -4,7 +4,7 @@ Input rows are the output of ``generate.revise``: a prompt record plus ``answers
 its N revisions). Step k's metric is over every row's ``answers[k]``. Verifiable tasks (the
 ``arithmetic`` task, math) use a ``Judge``'s ``correct`` verdicts; open-ended ones compare each
 answer with the row's gold answer through a pairwise LLM judge (the paper's "win-rate against GOLD",
-ALGORITHMS.md section 1(d)). This module knows nothing of sampling or models: judges are passed in.
+``docs/algorithms.md#srpo-reported``). This module knows nothing of sampling or models: judges are passed in.
 """
 
 from __future__ import annotations

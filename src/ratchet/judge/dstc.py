@@ -1,6 +1,6 @@
 """DSTC's execution stage: every self-generated code sample against every self-generated test.
 
-DSTC (ALGORITHMS.md section 6) has the model write J code samples and K tests for a prompt, runs
+DSTC (docs/algorithms.md#dstc) has the model write J code samples and K tests for a prompt, runs
 each (code, test) pair, and picks chosen/rejected pairs from the binary matrix
 ``r[j][k] = code j passes test k``. This module parses the tests the model wrote into separate
 single-assertion tests and builds that matrix; the selection rules live in ``data.pairing``.

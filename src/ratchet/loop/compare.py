@@ -1,6 +1,6 @@
 """SRPO against DPO over revision steps, from the same self-generated pairs (``ratchet compare-revisions``).
 
-The paper's claim (Choi et al. 2024, arXiv 2406.01660, figure 3; ALGORITHMS.md section 1(d)): a
+The paper's claim (Choi et al. 2024, arXiv 2406.01660, figure 3; docs/algorithms.md#srpo-reported): a
 model trained with SRPO gets better each time it revises its own answer, while DPO (and IPO) stay
 flat under the same revision prompt. This module reproduces that comparison on a recipe's task:
 

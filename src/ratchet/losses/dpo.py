@@ -1,7 +1,7 @@
 """The DPO family on offline pairs with a reference model: DPO, cDPO, rDPO, IPO, hinge (SLiC/RSO) and NCA.
 
 Every function here reads summed completion log-probs of shape [B] (prompt tokens masked) and returns
-a per-example loss of shape [B]. Notation (docs/objectives.md, ALGORITHMS.md section 0):
+a per-example loss of shape [B]. Notation (docs/objectives.md, docs/algorithms.md#conventions):
 h(y) = log pi_theta(y|x) - log pi_ref(y|x) and Delta = h(y_w) - h(y_l).
 """
 

@@ -44,7 +44,7 @@ def pit_loss(
 
     and the five orderings PIT trains its gap reward model with (Wang et al. 2024, "Enabling
     Language Models to Implicitly Learn Self-Improvement From Data", arXiv 2310.00898, ICLR 2024;
-    ALGORITHMS.md section 9.3), each a Bradley-Terry term:
+    docs/algorithms.md#pit), each a Bradley-Terry term:
 
         G(w,l) > G(w,w),  G(w,l) > G(l,l),  G(w,l) > G(l,w),  G(w,w) > G(l,w),  G(l,l) > G(l,w)
         L = sum over the five (a, b) of -log sigma(G(a) - G(b))

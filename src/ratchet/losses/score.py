@@ -1,7 +1,7 @@
 """SCoRe: two-stage multi-turn RL for intrinsic self-correction (Kumar et al. 2024, arXiv 2409.12917).
 
 An episode is x -> y1 (attempt 1), then [x, y1, p] -> y2 (attempt 2, p a fixed self-correction
-instruction); r1, r2 are the verifier's 0/1 rewards (ALGORITHMS.md section 9.4):
+instruction); r1, r2 are the verifier's 0/1 rewards (docs/algorithms.md#score):
 
     Stage I:  max E[ r2 - beta2 KL(pi(.|x) || pi_ref(.|x)) ]           a strong KL on attempt 1 only
               (plus the default beta1 KL on attempt 2)

@@ -55,7 +55,7 @@ def srpo_loss(
 
     Source: Choi et al. 2024, "Self-Improving Robust Preference Optimization" (arXiv 2406.01660).
     The paper's equations could not be retrieved; this is the offline loss derived from its min-max
-    objective (identities P(y|y) = 1/2 and 2P - 1, ALGORITHMS.md section 1), which agrees term for term
+    objective (identities P(y|y) = 1/2 and 2P - 1, docs/algorithms.md#srpo-objective), which agrees term for term
     with the unmerged TRL PR #1772 `srpo_loss`. Hard labels P(y_w > y_l) = 1; log-probs are sums (as in
     the PR; pass length-averaged log-probs for a mean form). Value at pi = pi_ref: 0.5 alpha + (1 - alpha).
     """

@@ -8,6 +8,7 @@
     ratchet compare-revisions --recipe R [--pairs P]  base, DPO, SRPO from the same pairs, per revision
     ratchet report RUN_DIR                           regenerate report.html and print the summary
     ratchet compare RUN RUN... [--out compare.html]  runs side by side: metric per round with intervals
+    ratchet sweep RECIPE... [key=value ...] --seeds N  every recipe x seed; mean and 95% interval per round
     ratchet prompts  --split train|heldout --out P   task prompts
     ratchet generate --model M --prompts P --out C   k completions per prompt
     ratchet judge    --completions C --out J
@@ -88,6 +89,16 @@ def _compare(args, cfg: RunConfig) -> None:
     from ratchet.loop.compare_runs import compare_runs
 
     print(compare_runs(args.runs, args.out))
+
+
+def _sweep(args, cfg: RunConfig) -> None:
+    from ratchet.loop.sweep import parse_seeds, run_sweep
+
+    # recipes and overrides share the positionals (argparse gives them all to the first)
+    items = [*args.recipes, *args.overrides]
+    result = run_sweep([x for x in items if "=" not in x], parse_seeds(args.seeds, args.seed_list),
+                       [x for x in items if "=" in x], runs_dir=args.runs_dir, name=args.name)
+    print(f"{result['path']}/sweep.json")
 
 
 def _stage_output(path: str, cfg: RunConfig) -> tuple[Path, Callable[[], None]]:
@@ -254,6 +265,14 @@ COMMANDS = {
                 [("runs", dict(nargs="+", help="run directories, e.g. runs/arithmetic-dpo runs/arithmetic-kto")),
                  ("--out", dict(default="compare.html", help="the HTML page with the table and plot "
                                                              "(default compare.html)"))]),
+    "sweep": (_sweep, "every recipe with every seed, one run each (resumable); mean and 95% interval per round",
+              [("recipes", dict(nargs="+", help="recipe YAMLs or bundled recipe names, then key=value overrides "
+                                                "applied to every run")),
+               ("--seeds", dict(type=int, default=None, help="seeds 0..N-1 (default 3)")),
+               ("--seed-list", dict(default=None, help="these seeds instead, e.g. 0,5,7")),
+               ("--runs-dir", dict(default="runs", help="where the sweep's folder goes (default runs)")),
+               ("--name", dict(default=None, help="the sweep's folder name (default: the recipe names joined "
+                                                  "by -vs-)"))]),
     "prompts": (_prompts, "write the task's prompts (a training round's draw, or the held-out split)",
                 [("--split", dict(choices=["train", "heldout"], default="train", help="which split (default train)")),
                  OUT_FILE, ("--round", dict(type=int, default=1, help="which round's training draw (default 1)"))]),
@@ -297,7 +316,7 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=description, description=description)
         for flag, kw in arguments:
             s.add_argument(flag, **kw)
-        if name != "config":
+        if name not in ("config", "sweep"):  # sweep: its recipes are positional
             s.add_argument("--recipe", help="recipe YAML or bundled recipe name (default: the built-in defaults)")
         s.add_argument("--verbose", action="store_true", help="show the libraries' own loading messages too")
         s.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys, e.g. train.lr=1e-5")
@@ -314,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if recipe and "=" in recipe:  # `ratchet loop rounds=3` without a recipe
         overrides, recipe = [recipe] + overrides, None
     note = configure_threads()  # before torch loads: a busy core must not stall every OpenMP barrier
-    if note and args.command in ("demo", "loop", "generate", "train", "evaluate", "revise", "self-score"):
+    if note and args.command in ("demo", "loop", "sweep", "generate", "train", "evaluate", "revise", "self-score"):
         print(note, file=sys.stderr)
     try:
         cfg = load_config(recipe, overrides)

@@ -2,7 +2,9 @@
 
 Strict by design: an unknown key, a value of the wrong type or a missing file is an error naming
 the key (as a dotted path) or the file and what was expected. Every field carries an attribute
-docstring; ``ratchet config --help``-style docs and the YAML comments come from those.
+docstring, which ``ratchet config [RECIPE] [key=value ...]`` prints beside the key's type, default
+and value (``describe``); ``ratchet config --list`` names the bundled recipes. The resolved config
+a run saves (``save_config``) is plain YAML, without comments.
 Components never receive these objects: ``cli`` and ``loop`` unpack them into flat arguments.
 """
 
@@ -97,6 +99,7 @@ def _check_pair_params(strategy: str, selection: str, params: dict) -> dict:
 @dataclass
 class TaskConfig:
     def __post_init__(self) -> None:
+        from ratchet.data.arithmetic import STEPS
         from ratchet.tasks.base import FIELDS  # pure Python: checked here so bad data fails before a model loads
         from ratchet.tasks.builtin import BUILTIN
         from ratchet.tasks.files import source_problem
@@ -128,6 +131,11 @@ class TaskConfig:
         for key in ("train_prompts", "heldout_prompts"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"task.{key}: expected >= 1, got {getattr(self, key)}")
+        if self.steps not in STEPS:
+            raise ConfigError(f"task.steps: expected one of {list(STEPS)}, got {self.steps!r}")
+        if self.steps != 1 and (self.source is not None or (self.name or "arithmetic") != "arithmetic"):
+            raise ConfigError(f"task.steps: only the built-in arithmetic task has steps; got {self.steps} with "
+                              f"{'task.source' if self.source is not None else 'task.name ' + repr(self.name)}")
 
     name: str | None = None
     """Built-in task: ``arithmetic`` (the default), or ``humaneval`` (the 164 HumanEval problems,
@@ -165,6 +173,9 @@ class TaskConfig:
     """Held-out prompts for evaluation (disjoint from training prompts; a data file: at most its held-out split)."""
     seed: int = 0
     """Seed of the task: built-in generators (round r draws with seed + r), a file's split and draw order."""
+    steps: int = 1
+    """Built-in ``arithmetic``: operations per problem. 1: the original one-step mix (the same problems
+    for a seed as before this key existed); 2 or 3: word problems chaining that many of + - x /."""
 
 
 @dataclass
@@ -213,7 +224,7 @@ class GenerateConfig:
     seed: int = 0
     """Sampling seed."""
     tests: int = 0
-    """DSTC (Liu et al. 2024; ALGORITHMS.md section 6): test-writing samples per code prompt, from
+    """DSTC (Liu et al. 2024; ``docs/algorithms.md#dstc``): test-writing samples per code prompt, from
     ``tests_template``; their asserts, parsed into single tests, are stored in each completions row
     as ``tests`` (the samples as ``test_samples``) for the ``dstc`` judge. 0: no tests."""
     tests_template: str = "write_tests"
@@ -491,6 +502,64 @@ class LogConfig:
     metrics per round (held-out metric, pass@k, B-STaR numbers, pairs kept, stage seconds)."""
 
 
+GATE_RULES = ("no_regression", "significant_gain")
+"""The gate's rules (``gate.rule``); ``ratchet.loop.gate`` applies them."""
+
+
+@dataclass
+class GateConfig:
+    """Whether a round's model is kept (the next round starts from it) or rolled back, from its
+    held-out metric against the best round so far on the same held-out problems (``ratchet.loop.gate``)."""
+
+    def __post_init__(self) -> None:
+        if self.rule not in GATE_RULES:
+            raise ConfigError(f"gate.rule: expected one of {', '.join(GATE_RULES)}, got {self.rule!r}")
+        if not (math.isfinite(self.confidence) and 0 < self.confidence < 1):
+            raise ConfigError(f"gate.confidence: expected a probability in (0, 1), e.g. 0.95, got {self.confidence!r}")
+        _at_least("gate.min_delta", self.min_delta, 0)
+        _at_least("gate.tolerance", self.tolerance, 0)
+
+    rule: str = "no_regression"
+    """``no_regression``: keep the round if its metric >= the best so far - ``tolerance`` (the gate
+    before this section existed); ``significant_gain``: keep it only if it beats the best round by
+    at least ``min_delta`` and a paired one-sided test on the same held-out problems says so at
+    ``confidence`` (exact McNemar test for accuracy, paired bootstrap for mean scores and win rates).
+    Either way the round's delta, p-value and decision are recorded."""
+    confidence: float = 0.95
+    """``significant_gain``: the test's confidence; the gain must have a one-sided p-value <= 1 - confidence."""
+    min_delta: float = 0.0
+    """``significant_gain``: the smallest gain in the metric (e.g. 0.02 accuracy) worth keeping a round for."""
+    tolerance: float = 0.0
+    """``no_regression``: how far below the best so far a round may fall and still be kept (also
+    settable as the older top-level ``gate_tolerance``)."""
+
+
+SEEDED_SECTIONS = ("task", "generate", "pair", "train")
+"""The sections with a ``seed`` that the top-level ``seed`` sets (``section_seed``)."""
+
+
+def section_seed(seed: int, section: str) -> int:
+    """A section's seed derived from the run's ``seed``: 31 bits of sha256("ratchet-seed/<seed>/<section>"),
+    so the sections draw unrelated streams (seed + offset would make run S's train stream run S+1's
+    generate stream) and every consumer (``random``, numpy, torch) accepts it."""
+    import hashlib
+
+    digest = hashlib.sha256(f"ratchet-seed/{seed}/{section}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def _derive_seeds(data: dict) -> dict:
+    """``data`` (a recipe) with each seeded section's ``seed`` derived from the top-level ``seed``
+    where the recipe does not set that section's seed itself (an explicit section seed wins)."""
+    seed = _check_value(data["seed"], int, "seed")
+    out = dict(data)
+    for section in SEEDED_SECTIONS:
+        part = out.get(section)
+        if part is None or (isinstance(part, dict) and "seed" not in part):
+            out[section] = {**(part or {}), "seed": section_seed(seed, section)}
+    return out
+
+
 @dataclass
 class RunConfig:
     name: str = "demo"
@@ -501,8 +570,16 @@ class RunConfig:
     """The model every stage starts from, and how it is loaded (see ``ModelConfig``)."""
     rounds: int = 1
     """Self-improvement rounds."""
+    seed: int | None = None
+    """One seed for every random choice of the run: when set, ``task.seed`` (prompts), ``generate.seed``
+    (sampling), ``pair.seed`` (which pairs are kept) and ``train.seed`` (data order, init of LoRA
+    adapters) are each derived from it (``section_seed``: a hash of seed and section name), except
+    a section seed the recipe or an override sets itself, which wins. None: each section's own seed."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """Which rounds are kept (see ``GateConfig``)."""
     gate_tolerance: float = 0.0
-    """A round is kept if its held-out metric >= best so far - gate_tolerance."""
+    """Deprecated spelling of ``gate.tolerance`` (kept so older recipes load): a round is kept if its
+    held-out metric >= best so far - gate_tolerance. Setting both to different values is an error."""
     task: TaskConfig = field(default_factory=TaskConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -517,6 +594,12 @@ class RunConfig:
         """Check the counts, fill in the task's default judge, then check the judges against it."""
         _at_least("rounds", self.rounds, 1)
         _at_least("gate_tolerance", self.gate_tolerance, 0)
+        if self.gate_tolerance and self.gate.tolerance and self.gate_tolerance != self.gate.tolerance:
+            raise ConfigError(f"gate_tolerance: {self.gate_tolerance} differs from gate.tolerance "
+                              f"{self.gate.tolerance}; set only gate.tolerance (gate_tolerance is its older name)")
+        if self.gate_tolerance != self.gate.tolerance:  # one value under both names, so a saved config reloads
+            tolerance = self.gate_tolerance or self.gate.tolerance
+            self.gate, self.gate_tolerance = dataclasses.replace(self.gate, tolerance=tolerance), tolerance
         if self.judge.name is None:
             from ratchet.tasks.builtin import BUILTIN
 
@@ -579,6 +662,8 @@ def build(cls: type, data: Any, where: str = "") -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    if cls is RunConfig and data.get("seed") is not None:
+        data = _derive_seeds(data)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

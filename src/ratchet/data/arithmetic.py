@@ -6,6 +6,11 @@ A problem is a prompt record (a row of prompts.jsonl):
 Train and held-out splits are disjoint by construction: a problem belongs to the held-out split iff
 a hash of its text falls in the held-out bucket, so no seed or count can make the splits overlap.
 This module knows nothing of models or training.
+
+``steps`` sets how many operations a problem takes: 1 is the original mix (one operation, a quarter
+of them the ``two_step`` kind), unchanged byte for byte for a seed; 2 and 3 are word problems that
+chain exactly that many operations (``+ - x /``, division only when exact), so an answer line in
+the right format is not enough to score.
 """
 
 from __future__ import annotations
@@ -63,6 +68,55 @@ GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
 }
 
 
+STEPS = (1, 2, 3)
+"""Allowed ``steps``: operations per problem."""
+
+
+def _divisors(value: int) -> list[int]:
+    return [d for d in range(2, 7) if value % d == 0]
+
+
+def _clause(r: random.Random, name: str, thing: str, value: int, left: int) -> tuple[str, int, int]:
+    """One sentence that changes ``value``: (text, new value, operations it takes), using at most ``left``."""
+    kinds = ["add", "sub"] if value >= 3 else ["add"]  # gives 2 or more: plural nouns, something left
+    if left >= 2:
+        kinds.append("packs")  # two operations in one sentence: m x p, then + that
+    kind = r.choice(kinds)
+    if kind == "add":
+        b = r.randint(2, 30)
+        return f"{name} finds {b} more {thing}.", value + b, 1
+    if kind == "sub":
+        b = r.randint(2, value - 1)
+        return f"{name} gives {b} {thing} to a friend.", value - b, 1
+    m, k = r.randint(2, 5), r.randint(2, 10)
+    return f"{name} buys {m} packs with {k} {thing} in each pack.", value + m * k, 2
+
+
+def _multi_step(r: random.Random, steps: int) -> Problem:
+    """A word problem of exactly ``steps`` operations: a start (``a`` things, or ``a`` boxes of ``b``:
+    one multiplication), sentences that add, take away or buy packs, and a question that may share
+    the total equally (one exact division)."""
+    name, thing = r.choice(_NAMES), r.choice(_THINGS)
+    if r.random() < 0.5:
+        a, b = r.randint(2, 6), r.randint(2, 9)
+        sentences, value, used = [f"{name} has {a} boxes with {b} {thing} in each box."], a * b, 1
+    else:
+        a = r.randint(5, 40)
+        sentences, value, used = [f"{name} has {a} {thing}."], a, 0
+    while used < steps:
+        left = steps - used
+        if left == 1 and _divisors(value) and r.random() < 0.4:
+            d = r.choice(_divisors(value))
+            sentences.append(f"{name} shares all the {thing} equally among {d} friends. "
+                             f"How many {thing} does each friend get?")
+            return " ".join(sentences), value // d
+        text, value, n_ops = _clause(r, name, thing, value, left)
+        sentences.append(text)
+        used += n_ops
+    sentences.append(f"How many {thing} does {name} have now?")
+    return " ".join(sentences), value
+
+
 def _is_heldout(question: str) -> bool:
     digest = hashlib.sha256(question.encode()).digest()
     return digest[0] % HELDOUT_BUCKETS == 0
@@ -75,21 +129,32 @@ def _record(question: str, answer: int) -> dict:
             "answer": str(answer)}
 
 
-def make_problems(n: int, *, split: str, seed: int = 0, kinds: tuple[str, ...] = tuple(GENERATORS)) -> list[dict]:
-    """``n`` distinct problems of ``split`` ("train" or "heldout"), deterministic in ``seed``."""
+def make_problems(n: int, *, split: str, seed: int = 0, kinds: tuple[str, ...] | None = None,
+                  steps: int = 1) -> list[dict]:
+    """``n`` distinct problems of ``split`` ("train" or "heldout"), deterministic in ``seed``.
+    ``kinds`` (default: all of ``GENERATORS``) chooses among the one-step kinds (``steps`` 1 only)."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if steps not in STEPS:
+        raise ValueError(f"steps: expected one of {list(STEPS)}, got {steps!r}")
+    if kinds is not None and steps != 1:
+        raise ValueError(f"kinds: only for steps=1 (the one-step kinds); got kinds with steps={steps}")
+    kinds = tuple(GENERATORS) if kinds is None else kinds
     unknown = set(kinds) - set(GENERATORS)
     if unknown:
         raise ValueError(f"unknown arithmetic kinds {sorted(unknown)}; expected some of {sorted(GENERATORS)}")
     r = random.Random(f"arithmetic/{seed}")
+    if steps == 1:  # draws exactly as before ``steps`` existed: the same problems for a seed
+        draw = lambda: GENERATORS[r.choice(kinds)](r)  # noqa: E731
+    else:
+        draw = lambda: _multi_step(r, steps)  # noqa: E731
     want_heldout = split == "heldout"
     seen: set[str] = set()
     out: list[dict] = []
     for _ in range(1000 * n + 1000):  # the problem space is large; this bound only guards a bug
         if len(out) == n:
             return out
-        question, answer = GENERATORS[r.choice(kinds)](r)
+        question, answer = draw()
         if question in seen or _is_heldout(question) != want_heldout:
             continue
         seen.add(question)

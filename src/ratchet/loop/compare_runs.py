@@ -11,9 +11,10 @@ the run directories.
             metric per round with interval bars, embedded as a base64 data URI, so the page is
             one file that reads offline
 
-Intervals: ``accuracy`` with ``correct`` and ``n`` in the round gets a Wilson 95% interval
-(``evaluate.metrics.wilson_interval``); ``win_rate`` uses the round's bootstrap ``low``/``high``;
-``mean_score`` has none (a judge's scores are not counts of successes).
+Intervals: ``evaluate.metrics.metric_interval``, as the run's own report: the round's recorded
+``interval`` (Wilson for accuracy, the bootstrap for a mean score), else a win rate's bootstrap
+``low``/``high``, else Wilson from ``correct`` and ``n`` (runs written before intervals were recorded;
+their mean scores have none). Minutes are read from the run's ``timing.json`` (older runs: ``summary.json``).
 
 Runs whose held-out metrics differ (say accuracy and win_rate) are compared anyway: each column
 group names its run's metric, the table's caption says the metrics differ, and the plot has one
@@ -34,7 +35,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ratchet.data.records import RecordError
-from ratchet.evaluate.metrics import wilson_interval
+from ratchet.evaluate.metrics import metric_interval
+from ratchet.loop.report import value_cell
 
 
 @dataclass
@@ -59,18 +61,6 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x
 
 
-def round_interval(r: dict, metric: str) -> tuple[float, float] | None:
-    """The 95% interval of a round's held-out metric where it is known, else None."""
-    if metric == "win_rate" and _number(r.get("low")) and _number(r.get("high")):
-        return float(r["low"]), float(r["high"])
-    if metric == "accuracy":
-        correct, n = r.get("correct"), r.get("n")
-        if isinstance(correct, int) and isinstance(n, int) and not isinstance(correct, bool) and 0 <= correct <= n \
-                and n > 0:
-            return wilson_interval(correct, n)
-    return None
-
-
 def load_run(path: str | Path, label: str | None = None) -> Run:
     path = Path(path)
     summary_path = path / "summary.json"
@@ -88,13 +78,23 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     points = []
     for i, r in enumerate(rounds):
         value = r.get(metric)
-        interval = round_interval(r, metric) if _number(value) else None
+        interval = metric_interval({**r, "metric": metric}) if _number(value) else None
         points.append(RoundPoint(round=r.get("round", i), value=float(value) if _number(value) else None,
                                  low=interval[0] if interval else None, high=interval[1] if interval else None,
                                  kept=r.get("kept") if isinstance(r.get("kept"), bool) else None))
-    minutes = summary.get("minutes")
+    minutes = _minutes(path, summary)
     return Run(label=label or path.name, path=path, metric=str(metric),
                minutes=float(minutes) if _number(minutes) else None, rounds=points)
+
+
+def _minutes(path: Path, summary: dict):
+    """The run's minutes: ``timing.json`` (kept out of summary.json so repeats are byte-identical),
+    else an older run's ``summary.json``."""
+    try:
+        timing = json.loads((path / "timing.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        timing = None
+    return timing.get("minutes") if isinstance(timing, dict) else summary.get("minutes")
 
 
 def load_runs(paths) -> list[Run]:
@@ -108,11 +108,9 @@ def load_runs(paths) -> list[Run]:
 
 
 def _value_cell(p: RoundPoint | None) -> str:
-    if p is None or p.value is None:
+    if p is None:
         return "-"
-    if p.low is None:
-        return f"{p.value:.3f}"
-    return f"{p.value:.3f} [{p.low:.3f}, {p.high:.3f}]"
+    return value_cell(p.value, (p.low, p.high) if p.low is not None else None)
 
 
 def _kept_cell(p: RoundPoint | None) -> str:

@@ -1,7 +1,7 @@
 """What a run shows its user: the terminal table (``print_summary``) and an offline HTML report
 (``write_report``) that explains each round, not only scores it:
 
-    run info         the summary's run-level keys (best model, metric start and best, minutes)
+    run info         the summary's run-level keys (best model, metric start and best, gate, seed, threads)
     warnings         rounds where many answers were cut by the token budget (a common cause of collapse)
     metrics          a PNG plot of every numeric metric that changes over rounds
     answers          per round, for the samples (``round_<r>/completions.jsonl``, or an on-policy round's
@@ -12,11 +12,15 @@
     side by side     a few held-out problems (those whose verdict or finish reason changes first): the prompt
                      and each round's greedy answer with its length, finish reason and verdict
                      (``round_<r>/eval/judgments.jsonl``: ``correct[0]``, else ``scores[0]``)
-    rounds           a table of every round's metrics
+    rounds           a table of every round's metrics, with the held-out metric's 95% interval
+                     (``interval``) and the gate's record (``gate.*``: rule, compared-with round, delta,
+                     p-value, decision)
 
-The metrics come from the run summary (``loop.run``: ``{"rounds": [{"round", "kept", ...metrics}],
-"best_model", ...}``); a metric missing from some rounds is plotted where present and shown as "-"
-elsewhere. A nested dict in a round (e.g. ``"bstar": {...}``) is flattened to ``bstar.<key>``.
+The held-out metric's plot has interval bars (``evaluate.metrics.metric_interval``, the function
+``ratchet compare`` uses too), as does the terminal table's metric column. The metrics come from
+the run summary (``loop.run``: ``{"rounds": [{"round", "kept", ...metrics}], "best_model", ...}``); a
+metric missing from some rounds is plotted where present and shown as "-" elsewhere. A nested dict
+in a round (e.g. ``"bstar": {...}``) is flattened to ``bstar.<key>``.
 The round files are optional: a missing file leaves its row or section out, and unreadable lines are
 skipped and counted, so a report is written for any run, finished or not. Plots are PNG files under
 ``<run>/plots/`` referenced by relative path, so the folder reads offline.
@@ -33,17 +37,35 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ratchet.evaluate.metrics import metric_interval
+
+
+def value_cell(value: float | None, interval: tuple[float, float] | None) -> str:
+    """A held-out value as the tables print it: ``0.430 [0.363, 0.499]``, without the interval
+    where there is none, ``-`` without a value (this table and ``ratchet compare``'s)."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _gate_p(r: dict) -> str:
+    p = (r.get("gate") or {}).get("p_value")
+    return f"{p:.3g}" if _is_number(p) else "-"
+
 
 def print_summary(summary: dict) -> None:
     metric = summary.get("metric", "accuracy")
-    table = Table(title=f"ratchet: held-out {metric} per round")
-    for col in ("round", f"held-out {metric}", "pass@1 (samples)", "pass@k", "balance", "pairs", "train loss", "kept"):
-        table.add_column(col, justify="right")
+    table = Table(title=f"ratchet: held-out {metric} per round", caption="[95% interval]; pass@1, pass@k: the "
+                  "round's samples; gate p: one-sided p-value of the gain over the best round so far (paired)")
+    for col in ("round", f"held-out {metric}", "pass@1", "pass@k", "balance", "pairs", "train loss", "gate p",
+                "kept"):
+        table.add_column(col, justify="right", no_wrap=col.startswith("held-out"))  # the value [interval] whole
     for r in summary["rounds"]:
         fmt = lambda k, f="{:.3f}": f.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
-        table.add_row(str(r["round"]), fmt(metric), fmt("pass_at_1"), fmt("pass_at_k"), fmt("balance_score"),
-                      fmt("pairs_kept", "{}"),
-                      fmt("train_loss", "{:.4f}"), "yes" if r.get("kept") else "no (rolled back)")
+        value = r.get(metric) if _is_number(r.get(metric)) else None
+        table.add_row(str(r["round"]), value_cell(value, metric_interval({**r, "metric": metric})),
+                      fmt("pass_at_1"), fmt("pass_at_k"), fmt("balance_score"), fmt("pairs_kept", "{}"),
+                      fmt("train_loss", "{:.4f}"), _gate_p(r), "yes" if r.get("kept") else "no")
     Console().print(table)
 
 
@@ -61,14 +83,18 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # drops NaN
 
 
+_NOT_PLOTTED = ("round", "gate.compared_with", "gate.n_paired")
+"""Numbers that are round numbers or counts of the comparison, not metrics."""
+
+
 def _numeric_metrics(rounds: list[dict]) -> list[str]:
-    """Keys with a number in at least one round, in first-seen order, except ``round`` itself and
+    """Keys with a number in at least one round, in first-seen order, except ``_NOT_PLOTTED`` and
     settings that hold one value in every round (``k``, ``n``, a fixed temperature): a flat line
     says nothing the table does not."""
     values: dict[str, list] = {}
     for r in rounds:
         for k, v in r.items():
-            if k != "round" and _is_number(v):
+            if k not in _NOT_PLOTTED and _is_number(v):
                 values.setdefault(k, []).append(v)
     return [k for k, vs in values.items() if len(vs) == 1 or len(set(vs)) > 1]
 
@@ -80,7 +106,15 @@ def _plot(rounds: list[dict], metric: str, path: Path) -> None:
               if _is_number(r.get(metric))]
     fig = Figure(figsize=(5, 3), dpi=100)
     ax = fig.subplots()
-    ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "-o", color="tab:blue", label="all rounds")
+    intervals = [metric_interval(r) if r.get("metric", "accuracy") == metric else None for r in rounds
+                 if _is_number(r.get(metric))]
+    err = [[max(0.0, y - iv[0]) if iv else 0 for (_, y, _), iv in zip(points, intervals)],
+           [max(0.0, iv[1] - y) if iv else 0 for (_, y, _), iv in zip(points, intervals)]]
+    if any(intervals):  # the held-out metric: its 95% interval as bars
+        ax.errorbar([x for x, _, _ in points], [y for _, y, _ in points], yerr=err, fmt="-o", capsize=3,
+                    color="tab:blue", label="all rounds (95% interval)")
+    else:
+        ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "-o", color="tab:blue", label="all rounds")
     dropped = [(x, y) for x, y, kept in points if not kept]
     if dropped:
         ax.plot(*zip(*dropped), "x", color="tab:red", markersize=10, label="rolled back")
@@ -95,7 +129,9 @@ def _cell(value) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and value and all(_is_number(v) for v in value):  # an interval
+        return html.escape("[" + ", ".join(f"{v:.4g}" for v in value) + "]")
+    if isinstance(value, (list, tuple, dict)):
         return html.escape(json.dumps(value))
     return html.escape(str(value))
 

@@ -11,19 +11,28 @@ Directory of a run (every file plain, every stage re-runnable alone from the CLI
                                        metrics.json (the round's B-STaR and eval metrics), manifest.json
     runs/<name>/round_<r>/temperature/ with ``generate.temperature_grid``: the probe samples at each
                                        temperature and temperature.json (B-STaR's choice for the round)
-    runs/<name>/summary.json           per-round metrics, which rounds were kept, the best model
+    runs/<name>/summary.json           per-round metrics with their 95% interval and the gate's record,
+                                       which rounds were kept, the best model, the seed and thread count
+    runs/<name>/timing.json            wall-clock minutes of the run (kept out of summary.json)
     runs/<name>/report.html            plots of every metric over rounds, a table of rounds
 
 Resumable: every stage goes through ``manifest.run_stage``, so a killed loop started again skips
 finished stages, and a changed recipe that invalidates a finished stage is reported.
-The gate: a round's model is kept only if its held-out metric (the judge's: accuracy, mean score or
-win rate, ``stages.evaluate``) is not below the best so far minus ``gate_tolerance``; otherwise the
-next round starts again from the best model.
+The gate (``loop.gate``, ``gate`` in the recipe): a round's model is kept or rolled back from its
+held-out metric (the judge's: accuracy, mean score or win rate, ``stages.evaluate``) against the
+best round so far, compared problem by problem; a rolled-back round's successor starts again from
+the best model.
+
+Exact repeats: the same recipe and seed on the same machine with the same torch thread count
+writes the same bytes in every file but those ``REPEAT_EXCLUDED`` names (timings, and bookkeeping
+that names a model by its files' mtimes); ``repeat_hashes`` is the comparison.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -32,7 +41,9 @@ from ratchet.config import RunConfig, save_config, to_dict
 from ratchet.data.records import read_jsonl, write_json
 from ratchet.data.selection import SELECTIONS
 from ratchet.evaluate.bstar import bstar_metrics
+from ratchet.evaluate.metrics import metric_interval
 from ratchet.loop import stages
+from ratchet.loop.gate import Best, decide, heldout_outcomes
 from ratchet.console import LoopStatus
 from ratchet.loop.manifest import claim, run_stage, stage_seconds, watch
 from ratchet.loop.trackers import RoundLog
@@ -126,7 +137,7 @@ def run_offline_round(cfg: RunConfig, task, round_dir: Path, model_path: str, re
         models.forget()  # the object in memory is now the trained model, not model_path's
 
     key = {"train": to_dict(cfg.train), "model": models.id(model_path), "reference": models.id(reference_path)}
-    if any("revise_" in name for name in LOSSES[cfg.train.loss.name].inputs):  # SRPO trains on revision prompts
+    if LOSSES[cfg.train.loss.name].data == "revision":  # SRPO and PIT train on revision prompts
         key["revise_template"] = cfg.revise.template
     run_stage(round_dir, "train", key, [pairs], [train_dir / "model"], train_model)
     summary = json.loads((train_dir / "train_summary.json").read_text())
@@ -157,9 +168,31 @@ def _uses_policy(cfg: RunConfig) -> bool:
     return cfg.judge.params.get("model", "policy") == "policy" and cfg.judge.name == "llm"
 
 
-def _keep(m: dict, best: float, tolerance: float) -> bool:
-    value = heldout_value(m)
-    return value is not None and value >= best - tolerance
+REPEAT_EXCLUDED = {
+    "timing.json": "the run's wall-clock minutes",
+    "round_*/manifest.json": "each stage's seconds; stage keys name a model by its files' sizes and mtimes",
+    "round_*/train/stage_config.json": "the train stage's key (names models by mtime, as the manifest)",
+    "round_*/train/train_metrics.jsonl": "per-step throughput (pairs_per_s, tokens_per_s)",
+    "round_*/train/train_summary.json": "training seconds and the last step's throughput",
+    "round_*/*.ref-*.safetensors": "reference log-prob cache, its name a hash of the reference model's mtimes",
+    "round_*/*.anchor-*.safetensors": "anchor log-prob cache, named as the reference one",
+    "*events.out.tfevents*": "experiment-tracker event files (wall-clock timestamps)",
+}
+"""Files of a run directory (``fnmatch`` patterns on the path relative to it) that hold timings, or
+a model's identity by mtime, and so differ between two exact repeats; every other file of a repeat
+is byte-identical (docs/loop.md, "Exact repeats")."""
+
+
+def repeat_hashes(run_dir: Path) -> dict[str, str]:
+    """sha256 of every file of a run directory but the ``REPEAT_EXCLUDED`` ones, by relative path:
+    two runs of the same recipe and seed on one machine with one thread count give equal dicts."""
+    run_dir = Path(run_dir)
+    out = {}
+    for f in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        rel = f.relative_to(run_dir).as_posix()
+        if not any(fnmatch.fnmatch(rel, pattern) for pattern in REPEAT_EXCLUDED):
+            out[rel] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
 
 
 def run_loop(cfg: RunConfig, *, progress: bool = True) -> dict:
@@ -183,34 +216,64 @@ def _run_loop(cfg: RunConfig, status: LoopStatus, *, progress: bool) -> dict:
     models = ModelCache(cfg.model.load_options())
     base = _evaluate(cfg, task, models, initial, heldout, run_dir / "round_0" / "eval", run_dir / "round_0", progress)
     metric = base.get("metric", "accuracy")
-    rounds = [{"round": 0, **base, "kept": True}]
+    rounds = [{"round": 0, **base, "interval": _interval(base), "kept": True}]
     trackers = RoundLog(cfg.log.report_to, run_dir, cfg.name, to_dict(cfg))
     trackers.log(rounds[0], step=0)
-    best = heldout_value(base)
-    status.set_metric(metric, best)
+    best = Best(0, heldout_value(base), heldout_outcomes(run_dir / "round_0" / "eval", metric))
+    status.set_metric(metric, best.value)
     for r in range(1, cfg.rounds + 1):
         status.begin_round(r)
         reference = initial if cfg.train.reference == "initial" else best_path
         m = run_round(cfg, task, run_dir / f"round_{r}", best_path, reference, heldout, r, models, progress=progress)
         status.set_metric(metric, heldout_value(m))
-        kept = _keep(m, best, cfg.gate_tolerance)
-        if kept:
-            best, best_path = max(best, heldout_value(m)), str(run_dir / f"round_{r}" / "train" / "model")
-        elif "skipped_training" in m:
-            m["rollback"] = f"not trained ({m['skipped_training']}); next round starts from {best_path}"
-        else:
-            m["rollback"] = (f"held-out {metric} {heldout_value(m)} below best {best:.3f} - tolerance "
-                             f"{cfg.gate_tolerance}; next round starts from {best_path}")
-        rounds.append({**m, "kept": kept})
-        trackers.log({**m, "kept": float(kept), "seconds": stage_seconds(run_dir / f"round_{r}")}, step=r)
+        m, best, best_path = _gate(cfg, run_dir / f"round_{r}", m, metric, best, best_path)
+        rounds.append(m)
+        trackers.log({**m, "kept": float(m["kept"]), "seconds": stage_seconds(run_dir / f"round_{r}")}, step=r)
         write_json(run_dir / "summary.json", {"rounds": rounds, "best_model": best_path, "metric": metric})
     trackers.finish()
-    summary = {"rounds": rounds, "best_model": best_path, "metric": metric, "metric_start": heldout_value(base),
-               "metric_best": best, "n_heldout": base["n"], "minutes": (time.time() - start) / 60}
-    if metric == "accuracy":  # the names the demo line and earlier summaries use
-        summary.update(accuracy_start=base["accuracy"], accuracy_best=best)
+    summary = _summary(cfg, rounds, best_path, metric, base, best)
     write_json(run_dir / "summary.json", summary)
+    minutes = (time.time() - start) / 60
+    write_json(run_dir / "timing.json", {"minutes": minutes})  # not in summary.json, so a repeat's is identical
     from ratchet.loop.report import write_report
 
     write_report(run_dir, summary)
+    return {**summary, "minutes": minutes}
+
+
+def _interval(metrics: dict) -> list[float] | None:
+    interval = metric_interval(metrics)
+    return list(interval) if interval is not None else None
+
+
+def _gate(cfg: RunConfig, round_dir: Path, m: dict, metric: str, best: Best, best_path: str) -> tuple[dict, Best, str]:
+    """Round ``m`` with its interval and the gate's record (``loop.gate.decide``), also written into
+    the round's metrics.json; the best round and the model the next round starts from."""
+    value = heldout_value(m) if "skipped_training" not in m else None
+    outcomes = heldout_outcomes(round_dir / "eval", metric) if value is not None else None
+    record = decide(cfg.gate, metric, value, outcomes, best)
+    kept = record["decision"] == "kept"
+    if kept:
+        best_path = str(round_dir / "train" / "model")
+        if value >= best.value:  # with a tolerance a kept round may lie below the best value so far
+            best = Best(int(round_dir.name.removeprefix("round_")), value, outcomes)
+    elif "skipped_training" in m:
+        m["rollback"] = f"not trained ({m['skipped_training']}); next round starts from {best_path}"
+    else:
+        m["rollback"] = f"{record['reason']}; next round starts from {best_path}"
+    m = {**m, "interval": _interval(m), "gate": record, "kept": kept}
+    write_json(round_dir / "metrics.json", m)
+    return m, best, best_path
+
+
+def _summary(cfg: RunConfig, rounds: list[dict], best_path: str, metric: str, base: dict, best: Best) -> dict:
+    """summary.json: the rounds, the best model and metric, and what an exact repeat needs to match
+    (the seed, and torch's thread count, which changes float sums)."""
+    import torch
+
+    summary = {"rounds": rounds, "best_model": best_path, "metric": metric, "metric_start": heldout_value(base),
+               "metric_best": best.value, "best_round": best.round, "n_heldout": base["n"],
+               "gate": to_dict(cfg.gate), "seed": cfg.seed, "threads": torch.get_num_threads()}
+    if metric == "accuracy":  # the names the demo line and earlier summaries use
+        summary.update(accuracy_start=base["accuracy"], accuracy_best=best.value)
     return summary

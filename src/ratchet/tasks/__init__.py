@@ -16,9 +16,13 @@ from ratchet.tasks.files import FileTask
 __all__ = ["BUILTIN", "FIELDS", "FileTask", "Task", "TaskError", "builtin_task", "load_task"]
 
 
-def load_task(name: str | None = None, *, source: str | None = None, seed: int = 0, **file_options) -> Task:
-    """A built-in task by ``name``, or a ``FileTask`` over ``source`` (``file_options`` are its
-    keyword arguments: fields, heldout_fraction, heldout_source, stop, subset, split, heldout_split, revision)."""
+def load_task(name: str | None = None, *, source: str | None = None, seed: int = 0, steps: int = 1,
+              **file_options) -> Task:
+    """A built-in task by ``name`` (``steps``: arithmetic's operations per problem), or a ``FileTask``
+    over ``source`` (``file_options`` are its keyword arguments: fields, heldout_fraction,
+    heldout_source, stop, subset, split, heldout_split, revision)."""
     if source is None:
-        return builtin_task(name or "arithmetic", seed=seed)
+        return builtin_task(name or "arithmetic", seed=seed, steps=steps)
+    if steps != 1:
+        raise TaskError(f"task.steps: only the built-in arithmetic task has steps; got {steps} with task.source")
     return FileTask(source, name=name, seed=seed, **file_options)

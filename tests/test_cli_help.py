@@ -105,3 +105,17 @@ def test_threads_follow_the_idle_cores(tmp_path, monkeypatch):
     assert "1 of 2 cores are busy" in console.configure_threads() and console.os.environ["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert console.configure_threads() is None and console.os.environ["OMP_NUM_THREADS"] == "3"
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback():
+    """`ratchet config | head`: the reader leaves before the listing is written; exit 1, stderr empty."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before ratchet writes a byte
+    p = subprocess.run([sys.executable, "-m", "ratchet.cli", "config", "arithmetic-dpo"], stdout=write,
+                       stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(write)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr

@@ -49,7 +49,10 @@ def test_pair_strategy_is_known():
 
 @pytest.mark.parametrize("overrides, message", [
     (["pair.params.margn=1"], "pair.params.margn: unknown parameter (strategy 'correct_vs_incorrect' takes none; "
-                              "selection 'all_correct' takes none)"),
+                              "selection 'all_correct' takes none; labeller 'correct' takes none)"),
+    (["pair.labeller=thresold"], "pair.labeller: unknown KTO labeller 'thresold'; expected one of ['correct', "
+                                 "'threshold']"),
+    (["pair.labeller=threshold", "pair.params.threshold=high"], "pair.params.threshold: expected float"),
     (["pair.strategy=score_margin", "pair.params.beta=1"], "strategy 'score_margin' takes margin"),
     (["pair.strategy=score_margin", "pair.params.margin=big"], "pair.params.margin: expected float, got 'big' (str)"),
     (["pair.strategy=rso", "pair.params.num_samples=2.5"], "pair.params.num_samples: expected int"),
@@ -68,6 +71,8 @@ def test_pair_params_of_the_strategy_or_the_selection_pass():
     cfg = load_config(None, ["pair.selection=best_of_n", "pair.params.min_score=null"])
     assert cfg.pair.params == {"min_score": None}
     assert load_config(None, ["pair.strategy=reward_augmented", "pair.params.base=rso"]).pair.params == {"base": "rso"}
+    cfg = load_config(None, ["train.loss.name=kto", "pair.labeller=threshold", "pair.params.threshold=1"])
+    assert cfg.pair.labeller == "threshold" and cfg.pair.params == {"threshold": 1.0}
 
 
 @pytest.mark.parametrize("key", ["generate.sampler", "evaluate.sampler"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -349,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except StaleStageError as e:
         print(f"ratchet: {e}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # `ratchet config | head`: the reader left; no traceback (Python docs, "SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail too
+        return 1
     return 0
 
 

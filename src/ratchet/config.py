@@ -78,14 +78,16 @@ def _check_pair_param(value: Any, hints: list[Any], where: str) -> Any:
     raise errors[0]
 
 
-def _check_pair_params(strategy: str, selection: str, params: dict) -> dict:
-    """``params`` checked (and int -> float converted) against what the strategy or the selection
-    takes: PairConfig does not know the objective, so a key of either is accepted."""
-    from ratchet.data.pairing import STRATEGIES
+def _check_pair_params(strategy: str, selection: str, labeller: str, params: dict) -> dict:
+    """``params`` checked (and int -> float converted) against what the strategy, the selection or
+    the KTO labeller takes: PairConfig does not know the objective, so a key of any is accepted
+    (the pair stage hands each only its own keys)."""
+    from ratchet.data.pairing import LABELLERS, STRATEGIES
     from ratchet.data.selection import SELECTIONS
 
     takes = {f"strategy {strategy!r}": _extra_params(STRATEGIES[strategy], ("max_pairs", "rng")),
-             f"selection {selection!r}": _extra_params(SELECTIONS[selection].fn, ("max_rows", "rng"))}
+             f"selection {selection!r}": _extra_params(SELECTIONS[selection].fn, ("max_rows", "rng")),
+             f"labeller {labeller!r}": _extra_params(LABELLERS[labeller], ())}
     out = {}
     for key, value in params.items():
         hints = [names[key] for names in takes.values() if key in names]
@@ -232,7 +234,7 @@ class GenerateConfig:
     max_tests: int = 16
     """Cap on the parsed tests kept per prompt (first come), which bounds the pass matrix's runs."""
     temperature_grid: list[float] = field(default_factory=list)
-    """B-STaR's temperature search (Zeng et al. 2024, section 9.5): if set, each round first samples
+    """B-STaR's temperature search (Zeng et al. 2024; docs/algorithms.md section 9.5): if set, each round first samples
     its first ``temperature_probe_prompts`` prompts with ``k`` samples at every temperature here,
     judges them, and samples the round at the one with the highest balance score (eq. 3; ties: the
     lowest), recorded in the round's metrics.json. Empty (default): always ``temperature``."""
@@ -278,7 +280,7 @@ def _check_judge(where: str, name: str, params: dict) -> None:
 @dataclass
 class PairConfig:
     def __post_init__(self) -> None:
-        from ratchet.data.pairing import STRATEGIES  # pure Python; checked here so a typo fails at load
+        from ratchet.data.pairing import LABELLERS, STRATEGIES  # pure Python; checked here so a typo fails at load
         from ratchet.data.selection import SELECTIONS
 
         if self.selection not in SELECTIONS:
@@ -287,8 +289,11 @@ class PairConfig:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"pair.strategy: unknown pair strategy {self.strategy!r}; "
                               f"expected one of {sorted(STRATEGIES)}")
+        if self.labeller not in LABELLERS:
+            raise ConfigError(f"pair.labeller: unknown KTO labeller {self.labeller!r}; "
+                              f"expected one of {sorted(LABELLERS)}")
         _at_least("pair.max_pairs_per_prompt", self.max_pairs_per_prompt, 1)
-        self.params = _check_pair_params(self.strategy, self.selection, self.params)
+        self.params = _check_pair_params(self.strategy, self.selection, self.labeller, self.params)
 
     strategy: str = "correct_vs_incorrect"
     """How judged completions become pairs (see ``ratchet.data.pairing.STRATEGIES``)."""
@@ -297,6 +302,12 @@ class PairConfig:
     to fine-tune on instead of pairs (``ratchet.data.selection.SELECTIONS``): ``all_correct``
     (STaR / rejection-sampling fine-tuning), ``best_of_n`` (highest judge score), ``self_loglik``
     (SFT-sharpening: highest log-likelihood under the model itself)."""
+    labeller: str = "correct"
+    """For objectives on unpaired data (KTO), which samples are desirable
+    (``ratchet.data.pairing.LABELLERS``): ``correct`` (the judge's verdict, else score > 0.5) or
+    ``threshold`` (score >= ``pair.params.threshold``, default 0.5). With ``strategy: dstc`` the
+    rows are DSTC's chosen (desirable) and rejected (undesirable) responses instead, so only the
+    self-written tests decide."""
     max_pairs_per_prompt: int = 2
     """Cap on pairs (or unpaired / SFT rows) built from one prompt's completions."""
     seed: int = 0
@@ -307,7 +318,8 @@ class PairConfig:
     right by luck (``ratchet.data.pairing.drop_truncated`` has the measurement)."""
     params: dict = field(default_factory=dict)
     """Extra parameters of the strategy (e.g. ``margin`` for ``score_margin``, ``beta`` for ``rso``),
-    or of the selection for SFT objectives (e.g. ``length_normalized`` for ``self_loglik``)."""
+    of the selection for SFT objectives (e.g. ``length_normalized`` for ``self_loglik``), or of
+    the labeller for KTO (``threshold``)."""
 
 
 @dataclass
@@ -393,6 +405,8 @@ class EvalConfig:
         _check_sampler("evaluate.sampler", self.sampler)
         _at_least("evaluate.max_new_tokens", self.max_new_tokens, 1)
         _at_least("evaluate.batch_size", self.batch_size, 1)
+        if self.gate_on not in GATE_ON:
+            raise ConfigError(f"evaluate.gate_on: expected one of {', '.join(GATE_ON)}, got {self.gate_on!r}")
 
     sampler: str = "cached"
     """Sampler for the greedy held-out answers (see ``generate.sampler``)."""
@@ -408,6 +422,16 @@ class EvalConfig:
     """Parameters of ``judge`` (as ``judge.params``)."""
     metric: str = "auto"
     """Held-out metric of ``judge`` (as ``judge.metric``)."""
+    gate_on: str = "draft"
+    """Which held-out number the gate compares when ``revise.revisions`` > 0 (each round's answers
+    are then revised that many times): ``draft`` (revision 0, the plain answer), ``best_revision``
+    (the revision step with the best metric in this round: optimistic, it is picked on the held-out
+    set) or ``last_revision`` (revision N: the model as deployed with N self-revisions). With no
+    revisions every choice is the draft."""
+
+
+GATE_ON = ("draft", "best_revision", "last_revision")
+"""The values of ``evaluate.gate_on``."""
 
 
 @dataclass
@@ -415,13 +439,22 @@ class ReviseConfig:
     def __post_init__(self) -> None:
         if self.revisions < 0:
             raise ConfigError(f"revise.revisions: expected >= 0, got {self.revisions}")
+        if self.train_drafts < 0:
+            raise ConfigError(f"revise.train_drafts: expected >= 0, got {self.train_drafts}")
 
     revisions: int = 0
-    """Revision steps after the draft (SRPO, Choi et al. 2024); ``ratchet revise`` and evaluation
-    report every step. 0: the draft only (plain evaluation)."""
+    """Revision steps after the draft (SRPO, Choi et al. 2024). ``ratchet revise``, ``ratchet
+    evaluate``, ``compare-revisions`` and the loop's held-out evaluation (every round, round 0 too)
+    report every step; ``evaluate.gate_on`` says which one the gate reads. 0: the draft only."""
     template: str = "revision"
     """Revision prompt: a bundled name (``revision``) or a file using $prompt and $draft. Training
     (SRPO's revise_* sequences) and revising read this one template."""
+    train_drafts: int = 0
+    """Objectives on revision data (SRPO, PIT): the loop also revises the first ``train_drafts``
+    distinct samples of each training prompt once with the round's model (generate's sampling),
+    judges the revisions, and adds a pair (draft, its revision) wherever the judge tells them apart,
+    the better one chosen (an improved revision over its draft, a kept draft over a revision that
+    broke it; ``data.revision.draft_revision_pairs``). 0: off, pairs from the samples only."""
 
 
 @dataclass
@@ -610,6 +643,11 @@ class RunConfig:
             _check_metric("evaluate.metric", self.evaluate.metric)
         elif self.evaluate.judge_params:
             raise ConfigError("evaluate.judge_params: set evaluate.judge too (else the training judge's params apply)")
+        from ratchet.losses import LOSSES  # pure registry; imports nothing of ours
+
+        if self.revise.train_drafts and LOSSES[self.train.loss.name].data != "revision":
+            raise ConfigError(f"revise.train_drafts: revision pairs train objectives on revision data (srpo, pit), "
+                              f"not {self.train.loss.name!r}; set revise.train_drafts: 0")
 
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

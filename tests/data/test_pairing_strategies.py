@@ -141,7 +141,7 @@ def _contents(pair):
 
 def test_reward_augmented_duplicates_and_swaps():
     row = _row(["good", "bad"])
-    pos, neg = _pairs(row, [8.0, 3.5], "reward_augmented")
+    pos, neg = _pairs(row, [8.0, 3.5], "reward_augmented", template="paper")
     # positive-goal copy: s(8) + x, good > bad; the integer score is printed without ".0"
     assert pos["messages"][0] == {"role": "system", "content": RA_TEMPLATES["paper"].format(score="8")}
     assert (pos["chosen"], pos["rejected"], pos["chosen_score"]) == ("good", "bad", 8.0)
@@ -157,7 +157,7 @@ def test_reward_augmented_options():
     pos, _ = _pairs(row, [1.0, 0.0], "reward_augmented", template="unit", goal_in="user")
     assert pos["messages"] == [{"role": "user", "content": RA_TEMPLATES["unit"].format(score="1") + "\n\nq"}]
     row["messages"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}]
-    pos, neg = _pairs(row, [0.75, 0.0], "reward_augmented", template="Target {score}.")
+    pos, neg = _pairs(row, [0.75, 0.0], "reward_augmented", template="Target {score}.", top_score=1.0)
     assert pos["messages"][0] == {"role": "system", "content": "Target 0.75.\n\nBe brief."}
     assert neg["messages"][0]["content"] == "Target 0.\n\nBe brief."
     # base correct_vs_incorrect: 1 correct x 2 incorrect = 2 pairs -> 4 rows
@@ -166,6 +166,22 @@ def test_reward_augmented_options():
         _pairs(row, [1.0, 0.0], "reward_augmented", template="no placeholder")
     with pytest.raises(ValueError, match="base must be another strategy"):
         _pairs(row, [1.0, 0.0], "reward_augmented", base="reward_augmented")
+
+
+def test_reward_augmented_goal_suits_a_unit_judge_by_default():
+    from ratchet.data.pairing import goal_messages, inference_goal
+
+    row = _row(["good", "bad"])
+    pos, neg = _pairs(row, [1.0, 0.0], "reward_augmented")  # the answer judge's 0/1: the unit scale
+    assert pos["messages"][0]["content"] == RA_TEMPLATES["unit"].format(score="1")
+    assert neg["messages"][0]["content"] == RA_TEMPLATES["unit"].format(score="0")
+    with pytest.raises(ValueError, match="prompt 'p': score 0 lies outside template 'paper'"):
+        _pairs(row, [1.0, 0.0], "reward_augmented", template="paper")  # 1 would be the paper scale's lowest
+    with pytest.raises(ValueError, match="needs top_score"):
+        _pairs(row, [1.0, 0.0], "reward_augmented", template="Target {score}.")
+    # at inference the highest goal of the scale, in the same place as in training
+    assert (inference_goal(), inference_goal("paper"), inference_goal("Target {score}.", 5)) == (1, 10, 5)
+    assert goal_messages(row["messages"], inference_goal()) == [pos["messages"][0], row["messages"][0]]
 
 
 def test_unknown_strategy_parameter_is_named():
@@ -216,3 +232,57 @@ def test_drop_truncated_removes_cut_completions_and_their_judgments():
     assert len(row["completions"]) == 4  # inputs untouched
     pairs = build_pairs(rows, judgments, strategy="correct_vs_incorrect", max_pairs_per_prompt=10)
     assert {p["rejected"] for p in pairs} == {"c"}  # the cut "b" is never the rejected answer
+
+
+def test_dno_ranks_samples_with_the_gold_and_keeps_large_margins():
+    # candidates: gold "Answer: 7" (gold_score 1.0) and "a" 1.0, "b" 0.6, "c" 0.2, "a" again (one candidate).
+    # best: the gold (ties with "a" at 1.0 go to the gold); margin 0.5 keeps rejected scores <= 0.5: only "c"
+    # ("b" at 0.6 is within the margin, "a" ties).
+    row = _row(["a", "b", "c", "a"], answer=7)
+    pairs = _pairs(row, [1.0, 0.6, 0.2, 1.0], "dno", gold_template="Answer: {gold}")
+    assert _cr(pairs) == {("Answer: 7", "c")}
+    assert (pairs[0]["chosen_score"], pairs[0]["rejected_score"], pairs[0]["chosen_complete"]) == (1.0, 0.2, True)
+    # margin 0.3: "b" (0.6 <= 0.7) joins, lowest first; max_pairs=1 keeps "c"
+    assert [p["rejected"] for p in _pairs(row, [1.0, 0.6, 0.2, 1.0], "dno", margin=0.3)] == ["c", "b"]
+    assert _cr(_pairs(row, [1.0, 0.6, 0.2, 1.0], "dno", margin=0.3, max_pairs=1)) == {("7", "c")}
+    # a sample the judge scores above gold_score is the chosen one, and the gold may be rejected:
+    # gold 0.5; best "a" 3.0; margin 0.5 keeps gold 0.5, "b" 0.6 and "c" 0.2, lowest first: c, gold, b
+    pairs = _pairs(row, [3.0, 0.6, 0.2, 3.0], "dno", gold_score=0.5)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a", "c"), ("a", "7"), ("a", "b")]
+    assert _pairs(_row(["x"], answer=1), [1.0], "dno", gold_template="x") == []  # the gold is the only candidate
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        _pairs(row, [1.0, 0.6, 0.2, 1.0], "dno", margin=0)
+    with pytest.raises(Exception, match="neither 'gold' nor 'answer'"):
+        _pairs(_row(["a"]), [0.0], "dno")
+
+
+def test_win_rates_count_ties_as_half_and_include_the_self_comparison():
+    from ratchet.data.pairing import win_rates
+
+    # verifier, K = 4, verdicts [T, F, F, T]: a correct sample beats the 2 incorrect (1 each) and ties
+    # itself and the other correct one (1/2 each): (2 + 1) / 4 = 0.75; an incorrect one ties itself and
+    # the other incorrect one: (0.5 + 0.5) / 4 = 0.25. Scores are ignored when every verdict is known.
+    assert win_rates({"scores": [9, 1, 5, 0], "correct": [True, False, False, True]}) == [0.75, 0.25, 0.25, 0.75]
+    # scores [3, 1, 3, 2] (a verdict unknown, so scores decide): 3 beats 1 and 2, ties itself and the other
+    # 3: (2 + 1) / 4 = 0.75; 1 ties itself only: 0.5 / 4 = 0.125; 2 beats 1, ties itself: 1.5 / 4 = 0.375
+    assert win_rates({"scores": [3, 1, 3, 2], "correct": [None, None, None, None]}) == [0.75, 0.125, 0.75, 0.375]
+    # pairwise judge (llm round-robin, K = 3): wins 1.5 of 2 comparisons -> (1.5 + 0.5) / 3 = 2/3;
+    # 0.5 of 2 -> 1/3; 1.0 of 2 -> 1/2; the three sum to K/2 as win rates of a round-robin must
+    pairwise = {"scores": [0.75, 0.25, 0.5], "correct": [None] * 3,
+                "details": [{"wins": w, "comparisons": 2} for w in (1.5, 0.5, 1.0)]}
+    assert win_rates(pairwise) == pytest.approx([2 / 3, 1 / 3, 1 / 2])
+
+
+def test_attach_win_rates_to_pairs_of_samples():
+    from ratchet.data.pairing import attach_win_rates
+
+    row = _row(["a", "b", "c"])
+    judged = {"id": "p", "scores": [1.0, 0.0, 0.5]}
+    pairs = build_pairs([row], [judged], strategy="best_vs_worst", max_pairs_per_prompt=1)
+    # "a" beats b and c, ties itself: 2.5 / 3; "b" ties itself only: 0.5 / 3
+    [p] = attach_win_rates(pairs, [row], [judged])
+    assert (p["chosen"], p["rejected"]) == ("a", "b")
+    assert (p["chosen_win_rate"], p["rejected_win_rate"]) == pytest.approx((2.5 / 3, 0.5 / 3))
+    gold = {**pairs[0], "chosen": "Answer: 7"}  # not a sample of the prompt: no win rate
+    with pytest.raises(Exception, match="chosen text is not one of the prompt's samples"):
+        attach_win_rates([gold], [row], [judged])

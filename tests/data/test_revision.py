@@ -113,3 +113,30 @@ def test_long_revision_prompts_truncate_or_fail_by_name(tiny_tokenizer, plain):
                           .input_ids) - len(tiny_tokenizer(ROW["chosen"])["input_ids"]) - 1
     cut = tokenize_revision(ROW, tiny_tokenizer, plain, max_length=revision_prompt + 3)
     assert cut["revise_chosen_from_chosen"].truncated and cut["revise_chosen_from_chosen"].num_completion_tokens == 3
+
+
+def test_draft_revision_pairs_prefer_the_better_of_a_draft_and_its_revision():
+    from ratchet.data.revision import draft_revision_pairs
+
+    msgs = [{"role": "user", "content": "q"}]
+    samples = {"id": "p", "messages": msgs, "completions": [{"text": t, "finish_reason": "eos"}
+                                                            for t in ("wrong", "right", "same", "cut")]}
+    judged = {"id": "p", "scores": [0.0, 1.0, 0.0, 0.0], "correct": [False, True, False, False]}
+    revised = {"id": "p", "draft_indices": [0, 1, 2, 3],
+               "completions": [{"text": "fixed", "finish_reason": "eos"}, {"text": "broken", "finish_reason": "stop"},
+                               {"text": "same", "finish_reason": "eos"},
+                               {"text": "fixed too", "finish_reason": "length"}]}
+    verdicts = {"id": "p", "scores": [1.0, 0.0, 0.0, 1.0], "correct": [True, False, False, True]}
+    pairs = draft_revision_pairs(samples, judged, revised, verdicts)
+    # improved: the revision over its draft; broken: the draft over the revision; unchanged and cut: no pair
+    assert [(p["chosen"], p["rejected"], p["chosen_score"], p["rejected_score"]) for p in pairs] == [
+        ("fixed", "wrong", 1.0, 0.0), ("right", "broken", 1.0, 0.0)]
+    assert all(p["messages"] == msgs and p["origin"] == "revision" and p["chosen_complete"] for p in pairs)
+    kept_cut = draft_revision_pairs(samples, judged, revised, verdicts, drop_truncated=False)
+    assert kept_cut[-1]["chosen"] == "fixed too" and kept_cut[-1]["chosen_complete"] is False
+    # a scoring judge (no verdicts): the higher score wins, an equal score makes no pair
+    scored = draft_revision_pairs(samples, {"id": "p", "scores": [0.2, 0.5, 0.1, 0.0]}, revised,
+                                  {"id": "p", "scores": [0.7, 0.5, 0.3, 0.0]})
+    assert [(p["chosen"], p["rejected"]) for p in scored] == [("fixed", "wrong")]
+    with pytest.raises(ValueError, match="needs 'draft_indices'"):
+        draft_revision_pairs(samples, judged, {**revised, "draft_indices": [0]}, verdicts)

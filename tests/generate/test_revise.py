@@ -50,6 +50,19 @@ def test_draft_then_n_revisions_batched(template):
     assert PROMPTS[0]["messages"] == [{"role": "user", "content": "first?"}]
 
 
+def test_given_drafts_are_step_zero_and_only_revisions_are_sampled(template):
+    sampler = CountingSampler()
+    drafts = [{"text": "a/4", "finish_reason": "length"}, {"text": "b/0"}]
+    rows = revise(sampler, PROMPTS, revisions=2, params=SamplingParams(k=1, seed=5), template=template, drafts=drafts)
+    assert [r["answers"] for r in rows] == [["a/4", "a/5", "a/6"], ["b/0", "b/1", "b/2"]]
+    assert rows[0]["finish_reasons"] == ["length", "eos", "eos"] and rows[1]["finish_reasons"][0] is None
+    assert [params.seed for _, params in sampler.calls] == [6, 7]  # the seeds of steps 1 and 2, as without drafts
+    first = [revision_messages(p["messages"], d["text"], template) for p, d in zip(PROMPTS, drafts)]
+    assert sampler.calls[0][0] == first  # revision 1 revises the given draft
+    with pytest.raises(ValueError, match="1 drafts for 2 prompts"):
+        revise(sampler, PROMPTS, revisions=1, params=SamplingParams(k=1), drafts=drafts[:1])
+
+
 def test_zero_revisions_is_the_draft_only_and_bad_arguments_fail():
     rows = revise(CountingSampler(), PROMPTS, revisions=0, params=SamplingParams(k=1))
     assert [r["answers"] for r in rows] == [["a/0"], ["b/0"]]

@@ -45,10 +45,11 @@ def _overrides(tmp_path, model_dir, template, revisions):
             f"revise.template={template}", "pair.drop_truncated=false"]  # 6 tokens cut nearly every sample
 
 
-def test_recipe_loads_as_srpo_with_three_revisions():
+def test_recipe_loads_as_srpo_over_rounds_with_revisions():
     cfg = load_config(RECIPE)
     assert cfg.train.loss.name == "srpo" and cfg.train.loss.params == {"alpha": 0.8, "beta": 0.01}
-    assert cfg.revise.revisions == 3 and cfg.task.name == "arithmetic" and cfg.model.path == "smollm2-135m"
+    assert cfg.revise.revisions == 2 and cfg.task.name == "arithmetic" and cfg.model.path == "smollm2-135m"
+    assert cfg.rounds == 2 and cfg.revise.train_drafts == 1 and cfg.evaluate.gate_on == "best_revision"
 
 
 @pytest.mark.slow

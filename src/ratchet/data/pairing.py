@@ -19,6 +19,9 @@ Inputs some strategies need beyond the common rows:
   pass matrix one code sample per detail: ``judged["details"][j]["passed"]: list[bool]``, K
   entries, ``[k]`` = code j passes test k (``judge.dstc.DSTCJudge``), and per-code ``scores``.
 
+SPPO's rows (objectives whose ``LossSpec.data`` is ``scored``) are pairs with each sample's win
+rate against the prompt's other samples added by ``attach_win_rates``.
+
 Unpaired examples for KTO (section 2.5) come from ``build_unpaired`` with a labeller from
 ``LABELLERS``, or from ``unpaired_from_pairs`` (a pair split into a desirable and an undesirable
 example). An unpaired row is ``{"id", "messages", "completion", "label": bool, "complete": bool}``.
@@ -132,7 +135,7 @@ def best_vs_worst(row: dict, judged: dict, *, max_pairs: int, rng: random.Random
 
 def best_vs_random(row: dict, judged: dict, *, max_pairs: int, rng: random.Random) -> list[dict]:
     """The highest-scored completion against up to ``max_pairs`` random other completions with a
-    strictly lower score (distinct texts): the UltraFeedback pairing used by RA (section 5 (b) 1:
+    strictly lower score (distinct texts): the UltraFeedback pairing used by RA (docs/algorithms.md section 5 (b) 1:
     the highest-scored completion is chosen, a random other one rejected)."""
     scores, texts = judged["scores"], completion_texts(row)
     best = max(range(len(scores)), key=lambda i: (scores[i], rng.random()), default=None)
@@ -220,6 +223,35 @@ def gold_vs_samples(row: dict, judged: dict, *, max_pairs: int, rng: random.Rand
             for j in worse[:max_pairs]]
 
 
+def dno(row: dict, judged: dict, *, max_pairs: int, rng: random.Random, gold_template: str = "{gold}",
+        gold_score: float = 1.0, margin: float = 0.5) -> list[dict]:
+    """DNO-Prct pairs (Rosset et al. 2024, arXiv 2404.03715, Algorithm 2 steps 2-4; section 7.3):
+    the candidates are the prompt's distinct samples plus its gold response (``gold_template``
+    filled with ``row["gold"]``, else ``row["answer"]``; scored ``gold_score``, since the judge
+    saw only the samples), ranked by score. Chosen = the best candidate (the gold on a tie: it
+    is the reference response); rejected = every other candidate at least ``margin`` below it
+    (the large-margin filter), the lowest first (ties at random), at most ``max_pairs``. A
+    prompt with no such candidate makes no pair. Unlike ``gold_vs_samples``, a sample the judge
+    scores above ``gold_score`` is the chosen one and the gold may be rejected."""
+    if margin <= 0:
+        raise ValueError(f"dno: margin must be > 0, got {margin}")
+    gold = row.get("gold", row.get("answer"))
+    if gold is None:
+        raise RecordError(f"dno: prompt {row['id']!r} has neither 'gold' nor 'answer'")
+    texts, scores = completion_texts(row), list(judged["scores"])
+    gold_text = gold_template.format(gold=gold)
+    cands = [(gold_text, float(gold_score), True)] + [(texts[j], scores[j], is_complete(row["completions"][j]))
+                                                     for j in distinct(list(range(len(texts))), texts)
+                                                     if texts[j] != gold_text]
+    best = max(range(len(cands)), key=lambda i: (cands[i][1], i == 0))  # gold first on a tie
+    worse = sorted((i for i in range(len(cands)) if cands[i][1] <= cands[best][1] - margin),
+                   key=lambda i: (cands[i][1], rng.random()))
+    (c_text, c_score, c_done) = cands[best]
+    return [{"id": row["id"], "messages": row["messages"], "chosen": c_text, "rejected": cands[i][0],
+             "chosen_score": c_score, "rejected_score": cands[i][1], "chosen_complete": c_done,
+             "rejected_complete": cands[i][2]} for i in worse[:max_pairs]]
+
+
 DSTC_CONCAT = "{code}\n\n{test}"
 """How DSTC joins a code sample and a test into one response (section 6, "Test-code
 concatenation"; the exact format is not published: ``code`` is the completion text as sampled,
@@ -227,7 +259,7 @@ concatenation"; the exact format is not published: ``code`` is the completion te
 
 
 def dstc_select(matrix: list[list[bool]]) -> tuple[int, int, int, int] | None:
-    """DSTC's minimax selection (arXiv 2411.13611; section 6 (a)) on r[j][k] = code j passes test k:
+    """DSTC's minimax selection (arXiv 2411.13611; docs/algorithms.md section 6 (a)) on r[j][k] = code j passes test k:
     chosen code j' = argmax_j sum_k r[j][k]; chosen test k' = argmin_k sum_j r[j][k] with
     r[j'][k] = 1 (the strictest test j' passes); rejected test k* = argmax_k sum_j r[j][k] with
     sum_j r[j][k] < J (the most lenient test some code fails); rejected code j* [D] = a code with
@@ -288,6 +320,8 @@ RA_TEMPLATES: dict[str, str] = {
              "Overall score: {score}."),
 }
 """Goal prompts for ``reward_augmented``; ``{score}`` is replaced by the target score."""
+RA_SCALES: dict[str, tuple[float, float]] = {"paper": (1, 10), "unit": (0, 1)}
+"""The score range each bundled goal prompt states; its top is the goal at inference."""
 
 
 def _goal_messages(messages: list[dict], goal: str, goal_in: str) -> list[dict]:
@@ -308,14 +342,43 @@ def _format_score(score: float) -> str:
     return str(int(score)) if float(score).is_integer() else f"{score:g}"  # RA prints integers bare
 
 
+def _check_scale(template: str, score: float, prompt_id) -> None:
+    """A score the goal prompt's stated scale cannot hold would teach a goal that means something
+    else (a correct answer's 1 is the *lowest* score on the paper's 1-10 scale)."""
+    if template in RA_SCALES and not RA_SCALES[template][0] <= score <= RA_SCALES[template][1]:
+        lo, hi = RA_SCALES[template]
+        raise ValueError(f"reward_augmented: prompt {prompt_id!r}: score {score:g} lies outside template "
+                         f"{template!r}'s scale {lo:g}-{hi:g}; use template 'unit' for 0-1 judges, 'paper' for "
+                         "1-10 scores, or a template of your own")
+
+
+def goal_messages(messages: list[dict], score: float, *, template: str = "unit", goal_in: str = "system") -> list[dict]:
+    """``messages`` conditioned on the goal ``score`` exactly as ``reward_augmented`` conditions its
+    rows (the held-out evaluation asks for ``inference_goal``)."""
+    return _goal_messages(messages, RA_TEMPLATES.get(template, template).format(score=_format_score(score)), goal_in)
+
+
+def inference_goal(template: str = "unit", top_score: float | None = None) -> float:
+    """The goal score at inference: RA conditions on the highest score (arXiv 2410.08067, section 4;
+    the paper's "Overall score: 10"). ``top_score`` if given, else the top of a bundled template's scale."""
+    if top_score is not None:
+        return top_score
+    if template in RA_SCALES:
+        return RA_SCALES[template][1]
+    raise ValueError("reward_augmented: a template of your own needs top_score (pair.params.top_score: the goal "
+                     "score the model is asked for at evaluation)")
+
+
 def reward_augmented(row: dict, judged: dict, *, max_pairs: int, rng: random.Random, base: str = "best_vs_random",
-                     template: str = "paper", goal_in: str = "system") -> list[dict]:
+                     template: str = "unit", goal_in: str = "system", top_score: float | None = None) -> list[dict]:
     """Reward-augmented relabelling (RA, arXiv 2410.08067, Fig. 1; section 5 (b) 3): every pair of
     the ``base`` strategy (at most ``max_pairs``) becomes two rows, so up to 2 * max_pairs:
     (s(r_w) + x, chosen=y_w, rejected=y_l) and (s(r_l) + x, chosen=y_l, rejected=y_w), the
     responses swapped in the loser's copy as in the paper (not as in the repo's ``_nosys`` code).
-    ``template`` is a key of ``RA_TEMPLATES`` or a string with ``{score}``; ``goal_in`` is
-    ``"system"`` or ``"user"``. Train with the highest goal in the prompt at inference."""
+    ``template`` is a key of ``RA_TEMPLATES`` (``unit``, the default, for ratchet's 0-1 judges;
+    ``paper`` for 1-10 scores) or a string with ``{score}``; a score outside a bundled template's
+    scale is an error naming the prompt. ``goal_in`` is ``"system"`` or ``"user"``. ``top_score``:
+    the goal asked for at evaluation (default: the top of the template's scale; ``inference_goal``)."""
     if base not in STRATEGIES or base == "reward_augmented":
         raise ValueError(f"reward_augmented: base must be another strategy of {sorted(STRATEGIES)}, got {base!r}")
     if goal_in not in ("system", "user"):
@@ -323,11 +386,12 @@ def reward_augmented(row: dict, judged: dict, *, max_pairs: int, rng: random.Ran
     text = RA_TEMPLATES.get(template, template)
     if "{score}" not in text:
         raise ValueError(f"reward_augmented: template must be one of {sorted(RA_TEMPLATES)} or contain '{{score}}'")
+    inference_goal(template, top_score)  # a template of your own must name its goal before training
     out = []
     for p in STRATEGIES[base](row, judged, max_pairs=max_pairs, rng=rng):
         for score, swap in ((p["chosen_score"], False), (p["rejected_score"], True)):
-            goal = text.format(score=_format_score(score))
-            copy = {**p, "messages": _goal_messages(p["messages"], goal, goal_in)}
+            _check_scale(template, score, row["id"])
+            copy = {**p, "messages": goal_messages(p["messages"], score, template=template, goal_in=goal_in)}
             if swap:
                 for a, b in (("chosen", "rejected"), ("chosen_score", "rejected_score"),
                              ("chosen_complete", "rejected_complete")):
@@ -344,6 +408,7 @@ STRATEGIES: dict[str, Strategy] = {
     "score_margin": score_margin,
     "rso": rso,
     "gold_vs_samples": gold_vs_samples,
+    "dno": dno,
     "dstc": dstc,
     "reward_augmented": reward_augmented,
 }
@@ -391,6 +456,47 @@ def build_pairs(completions: list[dict], judgments: list[dict], *, strategy: str
     if counts is not None:
         counts["identical"] = len(pairs) - len(kept)
     return kept
+
+
+# --- win rates (SPPO) --------------------------------------------------------------------------
+
+
+def win_rates(judged: dict) -> list[float]:
+    """SPPO's estimate of P(y_i > pi_t | x) for each of a prompt's samples: the mean over the
+    prompt's K samples of P(y_i > y_j), the comparison with itself (1/2) included,
+    P_i = (1/K) sum_j P(y_i > y_j) (Wu et al. 2024, arXiv 2405.00675; the authors' uclaml/SPPO
+    ``scripts/compute_prob.py``, where P comes from PairRM scores). Here P(y_i > y_j) comes from
+    the judgments row:
+
+    - a pairwise judge (``llm`` with ``mode: pairwise``: ``details[i]`` holds ``wins`` and
+      ``comparisons`` of its round-robin, both orders combined): (wins_i + 1/2) / (comparisons_i + 1);
+    - a verifier (every ``correct`` known): correct beats incorrect, equal verdicts are 1/2 each;
+    - any other judge: the higher score wins, equal scores are 1/2 each."""
+    details = judged.get("details") or []
+    if details and all(isinstance(d, dict) and {"wins", "comparisons"} <= set(d) for d in details):
+        return [(d["wins"] + 0.5) / (d["comparisons"] + 1) for d in details]
+    correct = judged.get("correct") or []
+    known = bool(correct) and all(c is not None for c in correct)
+    values = [float(v) for v in (correct if known else judged["scores"])]
+    return [sum(1.0 if v > w else 0.5 if v == w else 0.0 for w in values) / len(values) for v in values]
+
+
+def attach_win_rates(pairs: list[dict], completions: list[dict], judgments: list[dict]) -> list[dict]:
+    """Each pair with ``chosen_win_rate`` and ``rejected_win_rate`` (SPPO's P_w and P_l, the
+    ``win_rates`` of its two samples). A pair whose text is not one of its prompt's samples (a gold
+    response, DSTC's code + test) has no win rate: a ``RecordError`` naming the prompt."""
+    rates = {row["id"]: dict(reversed(list(zip(completion_texts(row), win_rates(judged)))))  # a text's first sample
+             for row, judged in matched_rows(completions, judgments)}
+    out = []
+    for p in pairs:
+        by_text = rates[p["id"]]
+        for side in ("chosen", "rejected"):
+            if p[side] not in by_text:
+                raise RecordError(f"prompt {p['id']!r}: the {side} text is not one of the prompt's samples, so it has "
+                                  "no win rate (SPPO pairs two samples: use a strategy such as best_vs_worst or "
+                                  "correct_vs_incorrect)")
+        out.append({**p, "chosen_win_rate": by_text[p["chosen"]], "rejected_win_rate": by_text[p["rejected"]]})
+    return out
 
 
 # --- unpaired examples (KTO) ------------------------------------------------------------------

@@ -20,6 +20,11 @@ objective's inputs (``policy_<name>_logps``):
     revise_rejected_from_rejected   (x, draft y_l) -> y_l    ... rather than staying put
     revise_chosen_from_chosen       (x, draft y_w) -> y_w    revising the winner keeps it
     revise_rejected_from_chosen     (x, draft y_w) -> y_l    ... rather than moving to the loser
+
+Besides pairs of two samples, SRPO's self-improvement can learn from the model's own revisions
+(``draft_revision_pairs``): a draft and the model's revision of it, the better of the two chosen,
+so ``revise_chosen_from_rejected`` is the model's own improving step (or, where its revision broke
+a right draft, ``revise_rejected_from_chosen`` is the breaking step it is taught away from).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
+
+from ratchet.data.pairing import is_complete
 
 
 TEMPLATES = {"revision": "revision.txt"}
@@ -104,4 +111,46 @@ def expand_revision(row: dict, template: string.Template | None = None) -> dict[
     for draft in ("rejected", "chosen"):
         for target in ("chosen", "rejected"):
             out[f"revise_{target}_from_{draft}"] = PromptCompletion(drafts[draft], *answers[target])
+    return out
+
+
+def _better(draft: tuple[float, bool | None], revision: tuple[float, bool | None]) -> int:
+    """1 if the revision is better, -1 if the draft is, 0 if the judge does not tell them apart:
+    by the verifier's verdicts where both have one, else by score."""
+    (s_d, c_d), (s_r, c_r) = draft, revision
+    if c_d is not None and c_r is not None:
+        return int(c_r) - int(c_d)
+    return (s_r > s_d) - (s_r < s_d)
+
+
+def draft_revision_pairs(completions_row: dict, judged: dict, revised_row: dict, revised_judged: dict, *,
+                         drop_truncated: bool = True) -> list[dict]:
+    """Pairs (draft, the model's revision of it) of one prompt, the better one chosen (``_better``):
+    an improved revision over its draft, a right draft over the revision that broke it.
+
+    ``completions_row``/``judged``: a round's samples and their judgments; ``revised_row``: the same
+    prompt's revisions, ``completions`` with one revision per revised draft and ``draft_indices``
+    (which sample each revises); ``revised_judged``: their judgments. A revision equal to its draft,
+    one the judge cannot tell from it, or (``drop_truncated``) a pair with an answer cut by the
+    token budget gives no pair. Rows are pairs rows (``data.records``) plus ``"origin": "revision"``."""
+    indices = revised_row.get("draft_indices")
+    if not isinstance(indices, list) or len(indices) != len(revised_row["completions"]):
+        raise ValueError(f"revised row {revised_row.get('id', '?')!r}: needs 'draft_indices', one per completion")
+    correct_d, correct_r = judged.get("correct") or [], revised_judged.get("correct") or []
+    out = []
+    for n, i in enumerate(indices):
+        draft, rev = completions_row["completions"][i], revised_row["completions"][n]
+        if draft["text"] == rev["text"]:
+            continue
+        if drop_truncated and any(c.get("finish_reason") == "length" for c in (draft, rev)):
+            continue  # a cut answer is not an answer (pairing.drop_truncated says why)
+        d = (judged["scores"][i], correct_d[i] if correct_d else None)
+        r = (revised_judged["scores"][n], correct_r[n] if correct_r else None)
+        better = _better(d, r)
+        if better == 0:
+            continue
+        (w, w_score), (l, l_score) = ((rev, r[0]), (draft, d[0])) if better > 0 else ((draft, d[0]), (rev, r[0]))
+        out.append({"id": completions_row["id"], "messages": completions_row["messages"], "chosen": w["text"],
+                    "rejected": l["text"], "chosen_score": w_score, "rejected_score": l_score,
+                    "chosen_complete": is_complete(w), "rejected_complete": is_complete(l), "origin": "revision"})
     return out

@@ -1,7 +1,7 @@
 """B-STaR monitoring of one round's samples: exploration, exploitation and their balance. Pure Python.
 
 Source: B-STaR, Zeng et al., arXiv 2412.17256 (ICLR 2025), eq. 3 and code hkust-nlp/B-STaR
-``train_code/determine_hyper.py::cal_modi_acc_soft``; ``docs/algorithms.md#bstar`` (section 9.5).
+``train_code/determine_hyper.py::cal_modi_acc_soft``; ``docs/algorithms.md#bstar`` (docs/algorithms.md section 9.5).
 
 Inputs are a round's completions and judgments rows (``data.records``), matched by ``id``. The
 ground truth is the judgments' ``correct``; the judge's ranking is its ``scores``. A prompt whose
@@ -80,7 +80,7 @@ def _top_correct(scores: list[float], correct: list[bool]) -> float:
 
 def bstar_metrics(completions: list[dict], judgments: list[dict], *, pairs_kept: int | None = None,
                   k: int | None = None, threshold: float = 0.5, n_star: int = 8, distinct_by: str = "text") -> dict:
-    """One round's B-STaR monitoring (section 9.5, "Monitoring metrics"), means over prompts:
+    """One round's B-STaR monitoring (docs/algorithms.md section 9.5, "Monitoring metrics"), means over prompts:
 
     - ``pass_at_1``: fraction of samples correct (c/n per prompt).
     - ``pass_at_k``: unbiased pass@k with ``k`` = the fewest samples any prompt has, unless given.
@@ -117,7 +117,7 @@ def bstar_metrics(completions: list[dict], judgments: list[dict], *, pairs_kept:
 def choose_temperature(candidates: dict[float, tuple[list[dict], list[dict]]], *, threshold: float = 0.5,
                        n_star: int = 8, distinct_by: str = "text") -> float:
     """The temperature whose samples have the highest ``balance_score`` (B-STaR's adaptation,
-    section 9.5: grid-search on a small query subset, then sample the full set with the winner).
+    docs/algorithms.md section 9.5: grid-search on a small query subset, then sample the full set with the winner).
     ``candidates`` maps temperature -> (completions rows, judgments rows) sampled at it; ties go
     to the lowest temperature. Only the temperature is searched; ``threshold`` is fixed."""
     scored = {t: balance_score(c, j, threshold=threshold, n_star=n_star, distinct_by=distinct_by)

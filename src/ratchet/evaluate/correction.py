@@ -1,4 +1,4 @@
-"""Self-correction metrics of two attempts per problem (SCoRe, Kumar et al. 2024, section 9.4). Pure.
+"""Self-correction metrics of two attempts per problem (SCoRe, Kumar et al. 2024; docs/algorithms.md section 9.4). Pure.
 
 Accuracy at attempt 1 and attempt 2, their difference Delta(t1, t2), and the fractions of problems
 that go wrong -> right (Delta_{i->c}) and right -> wrong (Delta_{c->i}), as the paper reports them.

@@ -11,7 +11,10 @@ paired, problem by problem (the id of each row):
     win_rate     outcome ``outcome`` (1 win, 0.5 tie, 0 loss against the same reference answers);
                  paired bootstrap
 
-The outcomes are in ``round_<r>/eval/judgments.jsonl``. Rules (``gate.rule``):
+The outcomes are in ``round_<r>/eval/judgments.jsonl``, or in the evaluation the round's metrics
+name under ``gated`` (``gated_eval_dir``): ``eval/revision_<k>/`` for the revision ``evaluate.gate_on``
+picks, ``eval_goal/`` for reward-augmented pairs (``loop.run.gated_choice``); both rounds of a
+comparison are read the same way, so the pairs stay problem by problem. Rules (``gate.rule``):
 
     no_regression      kept if metric >= best - ``gate.tolerance`` (the p-value is recorded, not used)
     significant_gain   kept if metric - best >= ``gate.min_delta`` and the one-sided p-value of
@@ -45,6 +48,17 @@ def heldout_outcomes(eval_dir: Path, metric: str) -> dict[str, float] | None:
     if metric == "accuracy":
         return {row["id"]: 1.0 if row["correct"][0] is True else 0.0 for row in rows}
     return {row["id"]: float(row["scores"][0]) for row in rows}
+
+
+def gated_eval_dir(round_dir: Path, metrics: dict) -> Path:
+    """The evaluation directory whose judgments the gate compares: ``round_dir/eval``, or the one
+    ``metrics["gated"]`` names (``{"eval": directory name, "revision": k}``; revision 0 is the
+    directory itself, revision k its ``revision_<k>/``)."""
+    gated = metrics.get("gated")
+    if gated is None:
+        return Path(round_dir) / "eval"
+    eval_dir = Path(round_dir) / gated["eval"]
+    return eval_dir / f"revision_{gated['revision']}" if gated["revision"] else eval_dir
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@
     side by side     a few held-out problems (those whose verdict or finish reason changes first): the prompt
                      and each round's greedy answer with its length, finish reason and verdict
                      (``round_<r>/eval/judgments.jsonl``: ``correct[0]``, else ``scores[0]``)
+    per revision     with ``revise.revisions``: each round's held-out metric at every revision step
+                     (``revision_<k>``; ``goal.revision_<k>`` with a reward-augmented goal), the step
+                     the gate read (``gated.*``), and a plot of the metric against the revision, a line per round
     rounds           a table of every round's metrics, with the held-out metric's 95% interval
                      (``interval``) and the gate's record (``gate.*``: rule, compared-with round, delta,
                      p-value, decision)
@@ -55,18 +58,35 @@ def _gate_p(r: dict) -> str:
 
 def print_summary(summary: dict) -> None:
     metric = summary.get("metric", "accuracy")
+    gated = any("gated" in r for r in summary["rounds"])  # the gate read a revision or a goal-conditioned answer
     table = Table(title=f"ratchet: held-out {metric} per round", caption="[95% interval]; pass@1, pass@k: the "
-                  "round's samples; gate p: one-sided p-value of the gain over the best round so far (paired)")
-    for col in ("round", f"held-out {metric}", "pass@1", "pass@k", "balance", "pairs", "train loss", "gate p",
-                "kept"):
+                  "round's samples; gate p: one-sided p-value of the gain over the best round so far (paired)"
+                  + ("; per revision: revision 0 (the draft), 1, ...; gated: the value the gate read" if gated else ""))
+    for col in ("round", f"held-out {metric}") + (("per revision", "gated") if gated else ()) + (
+            "pass@1", "pass@k", "balance", "pairs", "train loss", "gate p", "kept"):
         table.add_column(col, justify="right", no_wrap=col.startswith("held-out"))  # the value [interval] whole
     for r in summary["rounds"]:
         fmt = lambda k, f="{:.3f}": f.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
         value = r.get(metric) if _is_number(r.get(metric)) else None
-        table.add_row(str(r["round"]), value_cell(value, metric_interval({**r, "metric": metric})),
+        extra = (_per_revision_cell(r), _gated_cell(r)) if gated else ()
+        table.add_row(str(r["round"]), value_cell(value, metric_interval({**r, "metric": metric})), *extra,
                       fmt("pass_at_1"), fmt("pass_at_k"), fmt("balance_score"), fmt("pairs_kept", "{}"),
                       fmt("train_loss", "{:.4f}"), _gate_p(r), "yes" if r.get("kept") else "no")
     Console().print(table)
+
+
+def _per_revision_cell(r: dict) -> str:
+    """``0.330 0.310 0.350``: the held-out metric at revision 0, 1, ... (SRPO's inference)."""
+    steps = sorted((int(k.removeprefix("revision_")), v) for k, v in r.items()
+                   if re.fullmatch(r"revision_\d+", k) and _is_number(v))
+    return " ".join(f"{v:.3f}" for _, v in steps) or "-"
+
+
+def _gated_cell(r: dict) -> str:
+    """``0.350 r2`` (revision 2), ``0.400 goal r0`` (asked with the reward-augmented goal)."""
+    g = r.get("gated")
+    goal = " goal" if g and g["eval"].endswith("_goal") else ""
+    return f"{g['value']:.3f}{goal} r{g['revision']}" if g else "-"
 
 
 def _flatten(row: dict) -> dict:
@@ -305,6 +325,35 @@ def _save_round_plot(fig, ax, title: str, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
+def _revision_key(key: str) -> tuple[bool, int] | None:
+    """(goal-conditioned?, k) of a ``revision_<k>`` or ``goal.revision_<k>`` column, else None."""
+    match = re.fullmatch(r"(goal\.)?revision_(\d+)", key)
+    return (bool(match.group(1)), int(match.group(2))) if match else None
+
+
+def _revision_section(rounds: list[dict], metric: str, run_dir: Path, plots: bool) -> str:
+    """The per-revision table (and plot, with ``plots``) of flattened round rows; "" without revisions."""
+    keys = sorted({k for r in rounds for k in r if _revision_key(k)}, key=_revision_key)
+    if not keys:
+        return ""
+    parts = ["<h2>Held-out metric per revision</h2>",
+             f"<p>{html.escape(metric)} of the greedy draft (revision 0) and of each of the model's revisions of its "
+             "own answer (SRPO's inference); goal.*: asked with the goal it was trained with (reward-augmented "
+             "pairs); gated.*: the evaluation and revision the gate compared (<code>evaluate.gate_on</code>).</p>",
+             _table(rounds, ["round"] + keys + [k for k in ("gated.eval", "gated.revision")
+                                                if any(k in r for r in rounds)])]
+    plain = [k for k in keys if not _revision_key(k)[0]] or keys
+    series = {f"round {r.get('round', i)}": [r[k] for k in plain] for i, r in enumerate(rounds)
+              if all(_is_number(r.get(k)) for k in plain)}
+    if plots and series:
+        from ratchet.evaluate.revisions import plot_revisions
+
+        plot_revisions(series, run_dir / "plots" / "revisions.png", ylabel=metric,
+                       title=f"held-out {metric} per revision")
+        parts.append('<img src="plots/revisions.png" alt="held-out metric per revision">')
+    return "\n".join(parts)
+
+
 def _changes(series: dict[str, list[tuple[int, float]]]) -> bool:
     return any(len({round(y, 9) for _, y in points}) > 1 for points in series.values())
 
@@ -437,6 +486,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
                    "samples, held-out the greedy answers its metric is computed from.</p>",
                    _answers_table(answer_rows), note if answer_plots else "", "\n".join(answer_figures)]
     side_by_side = _side_by_side(files, round_numbers, kept)
+    per_revision = _revision_section(rounds, summary.get("metric", "accuracy"), run_dir, plots=not note)
     parts = [
         f"<!doctype html>\n<html><head><meta charset='utf-8'><title>ratchet report</title>"
         f"<style>{_STYLE}</style></head><body>",
@@ -447,6 +497,7 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         "<h2>Metrics over rounds</h2>", note, "\n".join(figures),
         *answers,
         ("<h2>Held-out answers side by side</h2>\n" + side_by_side) if side_by_side else "",
+        per_revision,
         "<h2>Rounds</h2>", _table(rounds, columns),
         "</body></html>\n",
     ]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from ratchet.config import (EvalConfig, GenerateConfig, JudgeConfig, PairConfig, ReviseConfig, TaskConfig,
                             TrainConfig)
-from ratchet.data.pairing import build_pairs, build_unpaired, drop_truncated, is_complete
+from ratchet.data.pairing import (LABELLERS, STRATEGIES, attach_win_rates, build_pairs, build_unpaired, drop_truncated,
+                                  is_complete, unpaired_from_pairs)
 from ratchet.data.records import (chat_completions_problem, completions_problem, judgments_problem, match_rows,
                                   prompt_problem, read_jsonl, self_scores_problem, staged, write_json, write_jsonl)
-from ratchet.data.selection import attach_logprobs, build_sft
+from ratchet.data.selection import SELECTIONS, attach_logprobs, build_sft
 from ratchet.evaluate.bstar import balance_score, choose_temperature
 from ratchet.evaluate.metrics import heldout_metric
 from ratchet.generate.base import PromptTooLongError, SamplingParams
@@ -122,7 +123,7 @@ def _write_tests(sampler, rows: list[dict], params: SamplingParams, cfg: Generat
 
 def probe_temperature(model, tokenizer, prompts: Path, out_dir: Path, cfg: GenerateConfig, judge_cfg: JudgeConfig,
                       *, task: Task | None = None, progress: bool = True) -> dict:
-    """B-STaR's temperature for a round (Zeng et al. 2024, section 9.5): sample the first
+    """B-STaR's temperature for a round (Zeng et al. 2024; docs/algorithms.md section 9.5): sample the first
     ``cfg.temperature_probe_prompts`` prompts at every ``cfg.temperature_grid`` temperature (k
     each), judge them, and pick by balance score (``evaluate.bstar.choose_temperature``). Writes
     the samples and judgments per temperature and ``temperature.json``:
@@ -170,11 +171,14 @@ def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None, progre
 
 def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss: str = "dpo",
          self_scores: Path | None = None) -> Path:
-    """Pairs for paired objectives; unpaired (desirable/undesirable) rows for ``unpaired`` ones (KTO);
-    the selected samples (``cfg.selection``) for ``sft`` ones, self-scored by ``self_scores`` if given.
-    Judgments (and self-scores) must be the completions', matched by id. Besides ``out``, writes
-    ``pair_metrics_path(out)``: ``{"rows", "pairs_dropped_identical"}`` (pairs whose chosen text
-    equals the rejected one, left out)."""
+    """Pairs for paired objectives, with each sample's win rate for ``scored`` ones (SPPO,
+    ``pairing.attach_win_rates``); unpaired (desirable/undesirable) rows for ``unpaired`` ones (KTO,
+    labelled by ``cfg.labeller``; with ``strategy: dstc``, DSTC's pairs split, so only the
+    self-written tests decide); the selected samples (``cfg.selection``) for ``sft`` ones,
+    self-scored by ``self_scores`` if given. Each of strategy, labeller and selection gets its own
+    keys of ``cfg.params``. Judgments (and self-scores) must be the completions', matched by id.
+    Besides ``out``, writes ``pair_metrics_path(out)``: ``{"rows", "pairs_dropped_identical"}``
+    (pairs whose chosen text equals the rejected one, left out)."""
     from ratchet.losses import LOSSES
 
     rows = read_jsonl(completions, required=("id", "messages", "completions"), check=chat_completions_problem,
@@ -188,20 +192,37 @@ def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss
         rows = attach_logprobs(rows, scored)
     if cfg.drop_truncated:
         rows, judged = drop_truncated(rows, judged)
-    counts = {"identical": 0}
-    if LOSSES[loss].data == "sft":
+    counts, data = {"identical": 0}, LOSSES[loss].data
+    if data == "sft":
         out_rows = build_sft(rows, judged, selection=cfg.selection, max_per_prompt=cfg.max_pairs_per_prompt,
-                             seed=cfg.seed, **cfg.params)
-    elif LOSSES[loss].data == "unpaired":
-        out_rows = build_unpaired(rows, judged, max_per_prompt=cfg.max_pairs_per_prompt, seed=cfg.seed)
+                             seed=cfg.seed, **_own_params(SELECTIONS[cfg.selection].fn, cfg.params))
+    elif data == "unpaired" and cfg.strategy != "dstc":
+        if any(isinstance(d, dict) and "passed" in d for j in judged for d in j.get("details") or []):
+            raise ValueError(f"{judgments}: judged by dstc, whose `correct` is the real tests' verdict; KTO rows "
+                             "from self-written tests need pair.strategy: dstc")
+        out_rows = build_unpaired(rows, judged, labeller=cfg.labeller, max_per_prompt=cfg.max_pairs_per_prompt,
+                                  seed=cfg.seed, **_own_params(LABELLERS[cfg.labeller], cfg.params))
     else:
         out_rows = build_pairs(rows, judged, strategy=cfg.strategy, max_pairs_per_prompt=cfg.max_pairs_per_prompt,
-                               seed=cfg.seed, counts=counts, **cfg.params)
+                               seed=cfg.seed, counts=counts, **_own_params(STRATEGIES[cfg.strategy], cfg.params))
+        if data == "unpaired":  # DSTC for KTO (docs/algorithms.md section 6): chosen desirable, rejected not;
+            out_rows = unpaired_from_pairs(out_rows)  # the judge's `correct` is the real tests', never read
+        elif data == "scored":  # SPPO: P(y > pi_t | x) of both samples, from the same judgments
+            out_rows = attach_win_rates(out_rows, rows, judged)
         if "ref_response" in LOSSES[loss].reads.policy:  # SELM: the reference model's own answer
             _attach_ref_responses(out_rows, rows, seed=cfg.seed)
     write_jsonl(out, out_rows)
     write_json(pair_metrics_path(out), {"rows": len(out_rows), "pairs_dropped_identical": counts["identical"]})
     return Path(out)
+
+
+def _own_params(fn, params: dict) -> dict:
+    """The keys of ``params`` that are keyword-only parameters of ``fn`` (``pair.params`` is shared
+    by the strategy, the selection and the labeller; config.PairConfig checked each key is someone's)."""
+    import inspect
+
+    sig = inspect.signature(fn).parameters
+    return {k: v for k, v in params.items() if k in sig and sig[k].kind is sig[k].KEYWORD_ONLY}
 
 
 def pair_metrics_path(out: Path) -> Path:
@@ -241,10 +262,12 @@ def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> 
 
 
 def train_model(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
-          reference_model=None, reference_id: str = "policy-at-start", revision_template: str = "revision",
+          reference_model=None, reference_id: str = "policy-at-start", anchor_model=None,
+          anchor_id: str = "policy-at-start", revision_template: str = "revision",
           resume: bool = False, report_to: list[str] = (), progress: bool = True,
           invalid_hint: str | None = None) -> dict:
-    """Train on ``pairs``; ``revision_template`` (``revise.template``) makes SRPO's revision prompts, so
+    """Train on ``pairs``; ``reference_model`` and ``anchor_model`` (INPO's fixed pi_ref) are, when
+    None, the model as it starts (round 1 of a loop, or ``ratchet train``); ``revision_template`` (``revise.template``) makes SRPO's revision prompts, so
     training and ``revise`` use one template (objectives without revise_* sequences ignore it);
     ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (every
     ``cfg.checkpoint_every`` steps), if there is one; ``invalid_hint`` ends an invalid row's error
@@ -255,6 +278,7 @@ def train_model(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, 
                        model_dir=Path(out_dir) / "model", seed=cfg.seed) as model:
         return _train_pairs(model, tokenizer, pairs, out_dir, cfg, skip_invalid=skip_invalid,
                             reference_model=reference_model, reference_id=reference_id,
+                            anchor_model=model if anchor_model is None else anchor_model, anchor_id=anchor_id,
                             revision_template=revision_template, resume=resume, progress=progress,
                             log_with=list(report_to) or None, invalid_hint=invalid_hint)
 
@@ -308,6 +332,109 @@ def evaluate_revisions(model, tokenizer, prompts: Path, out_dir: Path, cfg: Revi
         except ImportError:  # matplotlib is the optional [plot] extra
             pass
     return metrics
+
+
+def revise_answers(model, tokenizer, out_dir: Path, cfg: ReviseConfig, eval_cfg: EvalConfig, judge_cfg: JudgeConfig,
+                   *, task: Task | None = None, vllm: dict | None = None, progress: bool = True) -> dict:
+    """The loop's held-out evaluation with SRPO's inference: ``evaluate``'s greedy answers in
+    ``out_dir`` (revision 0) revised ``cfg.revisions`` times, greedily, by the same model; revision k
+    judged as the answers are, into ``out_dir/revision_<k>/`` (answers.jsonl, its rows marked
+    ``"revision": k``; judgments.jsonl; metrics.json: the files of ``out_dir`` itself, so the gate
+    reads a revision as it reads the draft).
+    Writes and returns ``out_dir/revisions.json``: ``{"metric", "revision_0": value, ..., "revision_N":
+    value, "revision_intervals": [[low, high] or None per revision]}``."""
+    import json
+
+    from ratchet.data.revision import load_template
+    from ratchet.generate.revise import revise as revise_loop
+
+    out_dir = Path(out_dir)
+    draft = json.loads((out_dir / "metrics.json").read_text())
+    metric = draft["metric"]
+    if metric not in ("accuracy", "mean_score"):
+        raise ValueError(f"revise.revisions: the held-out metric {metric!r} is not scored per revision; revisions "
+                         "are evaluated with a verifier (accuracy) or a scoring judge (mean_score)")
+    rows = read_jsonl(out_dir / "answers.jsonl", required=("id", "messages", "completions"))
+    prompts = [{k: v for k, v in r.items() if k not in ("completions", "sampling")} for r in rows]
+    params = SamplingParams(k=1, temperature=0.0, max_new_tokens=eval_cfg.max_new_tokens,
+                            stop=stop_strings(None, task, prompts))
+    with open_sampler(eval_cfg.sampler, model, tokenizer, batch_size=eval_cfg.batch_size,
+                      progress="revising" if progress else False, vllm=vllm) as sampler:
+        revised = revise_loop(sampler, prompts, revisions=cfg.revisions, params=params,
+                              template=load_template(cfg.template), drafts=[r["completions"][0] for r in rows])
+    j = eval_judge(eval_cfg, judge_cfg)
+    out, intervals = {"metric": metric, "revision_0": draft[metric]}, [draft.get("interval")]
+    for k in range(1, cfg.revisions + 1):
+        with staged(out_dir / f"revision_{k}") as tmp:
+            answers = write_jsonl(tmp / "answers.jsonl", (
+                {**p, "revision": k, "sampling": r["sampling"],
+                 "completions": [{"text": r["answers"][k], "finish_reason": r["finish_reasons"][k]}]}
+                for p, r in zip(prompts, revised)))
+            judged = read_jsonl(judge(answers, tmp / "judgments.jsonl", j, policy=lambda: (model, tokenizer),
+                                      source=out_dir / "answers.jsonl"))
+            m = heldout_metric(metric, [jj["correct"][0] for jj in judged], [jj["scores"][0] for jj in judged],
+                               judge=j.name)
+            write_json(tmp / "metrics.json", m)
+        out[f"revision_{k}"] = m[metric]
+        intervals.append(m.get("interval"))
+    out["revision_intervals"] = intervals
+    write_json(out_dir / "revisions.json", out)
+    return out
+
+
+def revise_samples(model, tokenizer, completions: Path, out: Path, cfg: ReviseConfig, gen_cfg: GenerateConfig, *,
+                   task: Task | None = None, progress: bool = True) -> Path:
+    """The first ``cfg.train_drafts`` distinct samples of each prompt revised once by the model that
+    drew them, sampled as ``gen_cfg`` samples (one revision each; the revision step's seed is
+    ``gen_cfg.seed + 1``). Rows: the prompt's fields, ``completions`` (one revision per draft) and
+    ``draft_indices`` (the sample each one revises), ready for ``judge`` and ``revision_pairs``."""
+    from ratchet.data.pairing import completion_texts, distinct
+    from ratchet.data.revision import load_template
+    from ratchet.generate.revise import revise as revise_loop
+
+    rows = read_jsonl(completions, required=("id", "messages", "completions"), check=chat_completions_problem,
+                      empty_ok=False)
+    picked = [(row, i) for row in rows
+              for i in distinct(list(range(len(row["completions"]))), completion_texts(row))[:cfg.train_drafts]]
+    params = dataclasses.replace(sampling_params(gen_cfg, task, rows), k=1)
+    with open_sampler(gen_cfg.sampler, model, tokenizer, batch_size=gen_cfg.batch_size,
+                      progress="revising drafts" if progress else False, vllm=gen_cfg.vllm) as sampler:
+        revised = revise_loop(sampler, [{"messages": row["messages"]} for row, _ in picked], revisions=1,
+                              params=params, template=load_template(cfg.template),
+                              drafts=[row["completions"][i] for row, i in picked])
+    grouped: dict = {}
+    for (row, i), r in zip(picked, revised):
+        g = grouped.setdefault(row["id"], {**{k: v for k, v in row.items() if k not in ("completions", "sampling")},
+                                           "completions": [], "draft_indices": []})
+        g["completions"].append({"text": r["answers"][1], "finish_reason": r["finish_reasons"][1]})
+        g["draft_indices"].append(i)
+    return write_jsonl(out, grouped.values())
+
+
+def revision_pairs(pairs: Path, completions: Path, judgments: Path, revised: Path, revised_judgments: Path,
+                   out: Path, *, drop_truncated: bool = True) -> Path:
+    """``pairs`` followed by the (draft, revision) pairs of every revised prompt
+    (``data.revision.draft_revision_pairs``); ``pair_metrics_path(out)`` holds the pair stage's
+    counts plus ``revision_pairs``, how many were added."""
+    import json
+
+    from ratchet.data.revision import draft_revision_pairs
+
+    rows = {r["id"]: r for r in read_jsonl(completions, required=("id", "messages", "completions"))}
+    judged = {r["id"]: r for r in read_jsonl(judgments, required=("id", "scores"))}
+    revised_rows = read_jsonl(revised, required=("id", "completions", "draft_indices"))
+    revised_judged = read_jsonl(revised_judgments, required=("id", "scores"), check=judgments_problem)
+    match_rows(revised, revised_rows, revised_judgments, revised_judged, "scores")
+    revised_by_id = {r["id"]: r for r in revised_judged}
+    added = [p for r in revised_rows
+             for p in draft_revision_pairs(rows[r["id"]], judged[r["id"]], r, revised_by_id[r["id"]],
+                                           drop_truncated=drop_truncated)]
+    write_jsonl(out, read_jsonl(pairs) + added)
+    counts_path = pair_metrics_path(pairs)
+    counts = json.loads(counts_path.read_text()) if counts_path.exists() else {}
+    write_json(pair_metrics_path(out), {**counts, "rows": counts.get("rows", 0) + len(added),
+                                        "revision_pairs": len(added)})
+    return Path(out)
 
 
 def evaluate(model, tokenizer, prompts: Path, out_dir: Path, cfg: EvalConfig, judge_cfg: JudgeConfig, *,

@@ -7,6 +7,8 @@ same chat template, so prompt formatting is exercised exactly as with the real m
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pytest
 import torch
 
@@ -112,3 +114,48 @@ def tokenize_revision(row: dict, tokenizer, template=None, *, max_length: int) -
         except ValueError as e:
             raise ValueError(f"pairs row {row.get('id', '?')!r}, sequence {name}: {e}") from None
     return out
+
+
+@pytest.fixture
+def scripted_accuracy(monkeypatch):
+    """The held-out metric per evaluation, in call order, so the gate's decisions are known."""
+    from ratchet.loop import stages
+
+    script = []
+    real = stages.evaluate
+
+    def fake(model, tok, prompts, out_dir, cfg, judge_cfg, **kwargs):
+        real(model, tok, prompts, out_dir, cfg, judge_cfg, **kwargs)
+        m = json.loads((out_dir / "metrics.json").read_text())
+        m[m["metric"]] = script.pop(0)
+        (out_dir / "metrics.json").write_text(json.dumps(m))
+        return m
+
+    monkeypatch.setattr(stages, "evaluate", fake)
+    return script
+
+
+class HashJudge:
+    """Correct iff the md5 of ``key(prompt)`` and the answer is even: about half right. The tiny
+    random model's greedy answers are all alike, so the key (the prompt's id plus what should change
+    the verdict: the revision step, the number of turns) is what tells its evaluations apart."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def judge(self, prompt, completions):
+        from ratchet.judge.base import Judgment
+
+        key = self.key(prompt)
+        even = [int(hashlib.md5((key + c).encode()).hexdigest(), 16) % 2 == 0 for c in completions]
+        return [Judgment(score=float(ok), correct=ok) for ok in even]
+
+
+def read_lines(path):
+    """The rows of a JSONL file."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def eval_outcomes(eval_dir):
+    """Problem id -> the held-out answer's verdict, from an evaluation's judgments.jsonl."""
+    return {j["id"]: j["correct"][0] for j in read_lines(eval_dir / "judgments.jsonl")}

@@ -14,23 +14,6 @@ from ratchet.loop.run import run_loop
 from conftest import tiny_run_overrides as _overrides
 
 
-@pytest.fixture
-def scripted_accuracy(monkeypatch):
-    """The held-out metric per evaluation, in call order, so the gate's decisions are known."""
-    script = []
-    real = stages.evaluate
-
-    def fake(model, tok, prompts, out_dir, cfg, judge_cfg, **kwargs):
-        real(model, tok, prompts, out_dir, cfg, judge_cfg, **kwargs)
-        m = json.loads((out_dir / "metrics.json").read_text())
-        m[m["metric"]] = script.pop(0)
-        (out_dir / "metrics.json").write_text(json.dumps(m))
-        return m
-
-    monkeypatch.setattr(stages, "evaluate", fake)
-    return script
-
-
 @pytest.mark.slow
 def test_two_rounds_with_rollback(tmp_path, tiny_model_dir, length_judge, scripted_accuracy, capsys):
     scripted_accuracy += [0.5, 0.3, 0.6]  # base, round 1 regresses, round 2 improves

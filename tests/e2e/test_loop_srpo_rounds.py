@@ -2,44 +2,24 @@
 the gate on the revision ``evaluate.gate_on`` picks, the model's own (draft, revision) pairs in the
 training data (``revise.train_drafts``), and a resumed loop that redoes only what was lost."""
 
-import hashlib
 import json
 
 import pytest
 
 from ratchet.config import ConfigError, load_config
 from ratchet.judge import JUDGES
-from ratchet.judge.base import Judgment
 from ratchet.loop.manifest import watch
 from ratchet.loop.run import run_loop
 
-from conftest import tiny_run_overrides as _overrides
+from conftest import HashJudge, eval_outcomes, read_lines, tiny_run_overrides as _overrides
 
 pytestmark = pytest.mark.slow  # two whole loop rounds
 
 
-class ParityJudge:
-    """Correct iff the md5 of the prompt's id, the revision step and the answer is even: about half
-    right. The tiny random model's greedy answers are all the same blank line, so the verdict also
-    depends on the problem and the revision step, for drafts and revisions to score differently."""
-
-    def judge(self, prompt, completions):
-        key = f"{prompt['id']}/{prompt.get('revision', 0)}/"
-        even = [int(hashlib.md5((key + c).encode()).hexdigest(), 16) % 2 == 0 for c in completions]
-        return [Judgment(score=float(ok), correct=ok) for ok in even]
-
-
 @pytest.fixture
 def parity_judge(monkeypatch):
-    monkeypatch.setitem(JUDGES, "parity", ParityJudge)
-
-
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _outcomes(eval_dir):
-    return {j["id"]: j["correct"][0] for j in _lines(eval_dir / "judgments.jsonl")}
+    """About half right, by revision step, so the evaluations score differently (conftest.HashJudge)."""
+    monkeypatch.setitem(JUDGES, "parity", lambda: HashJudge(lambda p: f"{p['id']}/{p.get('revision', 0)}/"))
 
 
 def _srpo(tmp_path, tiny_model_dir, *extra):
@@ -58,10 +38,10 @@ def test_srpo_rounds_evaluate_every_revision_and_gate_on_the_chosen_one(tmp_path
         # the metric of each revision is that of its own judged answers, revision 0 the draft
         for k in range(3):
             step = eval_dir / f"revision_{k}" if k else eval_dir
-            verdicts = _outcomes(step)
+            verdicts = eval_outcomes(step)
             assert len(verdicts) == 6 and m[f"revision_{k}"] == pytest.approx(sum(verdicts.values()) / 6)
         assert m["revision_0"] == m["accuracy"]
-        revised = _lines(eval_dir / "revision_2" / "answers.jsonl")
+        revised = read_lines(eval_dir / "revision_2" / "answers.jsonl")
         assert all(len(row["completions"]) == 1 for row in revised)
         assert m["gated"]["eval"] == "eval" and m["gated"]["revision"] == 2 and m["gated"]["value"] == m["revision_2"]
     assert len({summary["rounds"][0][f"revision_{k}"] for k in range(3)}) > 1  # else the test tells nothing
@@ -70,7 +50,7 @@ def test_srpo_rounds_evaluate_every_revision_and_gate_on_the_chosen_one(tmp_path
     r1 = summary["rounds"][1]
     gate = r1["gate"]
     assert gate["compared_with"] == 0 and gate["delta"] == pytest.approx(r1["revision_2"] - summary["metric_start"])
-    now, before = _outcomes(run / "round_1" / "eval" / "revision_2"), _outcomes(run / "round_0" / "eval" / "revision_2")
+    now, before = eval_outcomes(run / "round_1" / "eval" / "revision_2"), eval_outcomes(run / "round_0" / "eval" / "revision_2")
     assert gate["n_paired"] == 6
     assert gate["discordant"] == [sum(now[p] and not before[p] for p in now),
                                   sum(before[p] and not now[p] for p in now)]
@@ -83,11 +63,11 @@ def test_srpo_rounds_evaluate_every_revision_and_gate_on_the_chosen_one(tmp_path
 def test_srpo_rounds_train_on_the_models_own_revisions(tmp_path, tiny_model_dir, parity_judge):
     summary = run_loop(load_config(None, _srpo(tmp_path, tiny_model_dir, "name=own")), progress=False)
     r1 = tmp_path / "runs" / "own" / "round_1"
-    samples = {row["id"]: row for row in _lines(r1 / "completions.jsonl")}
-    revised = _lines(r1 / "revisions.jsonl")
+    samples = {row["id"]: row for row in read_lines(r1 / "completions.jsonl")}
+    revised = read_lines(r1 / "revisions.jsonl")
     assert revised and all(len(row["completions"]) == len(row["draft_indices"]) <= 2 for row in revised)
-    verdicts = {row["id"]: row["correct"] for row in _lines(r1 / "revision_judgments.jsonl")}
-    draft_verdicts = {row["id"]: row["correct"] for row in _lines(r1 / "judgments.jsonl")}
+    verdicts = {row["id"]: row["correct"] for row in read_lines(r1 / "revision_judgments.jsonl")}
+    draft_verdicts = {row["id"]: row["correct"] for row in read_lines(r1 / "judgments.jsonl")}
     expected = []  # (chosen, rejected) of every draft and revision the verifier tells apart
     for row in revised:
         for n, i in enumerate(row["draft_indices"]):
@@ -95,10 +75,10 @@ def test_srpo_rounds_train_on_the_models_own_revisions(tmp_path, tiny_model_dir,
             ok_d, ok_r = draft_verdicts[row["id"]][i], verdicts[row["id"]][n]
             if ok_d != ok_r and draft != rev:
                 expected.append((rev, draft) if ok_r else (draft, rev))
-    pairs = _lines(r1 / "pairs_with_revisions.jsonl")
+    pairs = read_lines(r1 / "pairs_with_revisions.jsonl")
     own = [(p["chosen"], p["rejected"]) for p in pairs if p.get("origin") == "revision"]
     assert own == expected and len(own) > 0  # 24 revisions of a random model: some change the verdict
-    assert pairs[:len(pairs) - len(own)] == _lines(r1 / "pairs.jsonl")  # the sample pairs first, unchanged
+    assert pairs[:len(pairs) - len(own)] == read_lines(r1 / "pairs.jsonl")  # the sample pairs first, unchanged
     assert summary["rounds"][1]["revision_pairs"] == len(own)
     assert json.loads((r1 / "train" / "train_summary.json").read_text())["pairs"] == len(pairs)
 

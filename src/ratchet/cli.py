@@ -15,6 +15,7 @@
     ratchet self-score --model M --completions C --out S   log pi(y|x) of each sample (SFT-sharpening)
     ratchet pair     --completions C --judgments J --out PAIRS [--self-scores S]   (SFT rows for sft objectives)
     ratchet train    --model M --pairs PAIRS --out DIR [--skip-invalid] [--resume]
+    ratchet train-rm --model M --pairs PAIRS --out DIR [--lora-r R]   a Bradley-Terry reward model (judge reward_model)
     ratchet evaluate --model M --prompts P --out DIR
     ratchet export   --pairs P [--format trl] --out F   pairs for other trainers (TRL's conversational rows)
     ratchet export   --model RUN_OR_DIR --to DIR [--push-to-hub REPO]   a standard model directory + model card
@@ -184,6 +185,26 @@ def _train(args, cfg):
           f"skipped {summary['skipped']}, truncated {summary['truncated']} -> {out / 'model'}")
 
 
+def _train_rm(args, cfg):
+    from ratchet.train.reward_model import train_reward_model
+
+    lora = {"r": args.lora_r, "alpha": cfg.train.lora.alpha, "dropout": cfg.train.lora.dropout,
+            "target_modules": cfg.train.lora.target_modules} if args.lora_r > 0 else None
+    out, save = _stage_output(args.out, cfg)
+    try:
+        summary = train_reward_model(args.model, Path(args.pairs), out, lr=args.lr, epochs=args.epochs,
+                                     batch_size=args.batch_size, max_length=args.max_length,
+                                     heldout_fraction=args.heldout_fraction, lora=lora,
+                                     seed=cfg.train.seed if args.seed is None else args.seed,
+                                     device=cfg.model.device, dtype=cfg.model.dtype)
+    except ValueError as e:  # an option out of range
+        raise ConfigError(f"train-rm: {e}") from None
+    save()
+    print(f"train-rm: {summary['train_pairs']} pairs, train loss {summary['train_loss']:.4f}, held-out pairwise "
+          f"accuracy {summary['heldout_accuracy']} on {summary['heldout_pairs']} -> {out / 'model'} "
+          f"(judge: reward_model, model: {out / 'model'})")
+
+
 def _evaluate(args, cfg):
     from ratchet.loop import stages
     from ratchet.models import load_model
@@ -295,6 +316,19 @@ COMMANDS = {
                ("--skip-invalid", dict(action="store_true", help="skip (and count) rows that do not fit, "
                                                                   "instead of stopping at the first")),
                ("--resume", dict(action="store_true", help="continue from the newest checkpoint in OUT/checkpoints"))]),
+    "train-rm": (_train_rm, "train a Bradley-Terry reward model on a pairs file; usable as the reward_model judge",
+                 [MODEL, ("--pairs", dict(required=True, help="pairs JSONL (ratchet's or TRL's preference formats)")),
+                  ("--out", dict(required=True, help="output directory (model/ and rm_summary.json)")),
+                  ("--lr", dict(type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")),
+                  ("--epochs", dict(type=int, default=1, help="passes over the training pairs (default 1)")),
+                  ("--batch-size", dict(type=int, default=8, help="pairs per optimizer step (default 8)")),
+                  ("--max-length", dict(type=int, default=512, help="tokens per conversation, cut from the left "
+                                                                     "(default 512)")),
+                  ("--heldout-fraction", dict(type=float, default=0.1, help="share of pairs held out for the "
+                                                                            "pairwise accuracy (default 0.1)")),
+                  ("--lora-r", dict(type=int, default=0, help="LoRA rank, 0 = full fine-tuning (alpha, dropout, "
+                                                              "modules from train.lora; merged at the end)")),
+                  ("--seed", dict(type=int, default=None, help="split, order and head seed (default train.seed)"))]),
     "evaluate": (_evaluate, "greedy answers to held-out prompts, judged; the held-out metric",
                  [MODEL, ("--prompts", dict(required=True, help="prompts JSONL")),
                   ("--out", dict(required=True, help="output directory (answers, judgments, metrics.json)"))]),
@@ -334,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if recipe and "=" in recipe:  # `ratchet loop rounds=3` without a recipe
         overrides, recipe = [recipe] + overrides, None
     note = configure_threads()  # before torch loads: a busy core must not stall every OpenMP barrier
-    if note and args.command in ("demo", "loop", "sweep", "generate", "train", "evaluate", "revise", "self-score"):
+    if note and args.command in ("demo", "loop", "sweep", "generate", "train", "train-rm", "evaluate", "revise",
+                                  "self-score"):
         print(note, file=sys.stderr)
     try:
         cfg = load_config(recipe, overrides)

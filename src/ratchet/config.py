@@ -467,8 +467,8 @@ class OnlineConfig:
     an offline round does (``ratchet.loop.online_round``)."""
 
     def __post_init__(self) -> None:
-        if self.reward not in ("judge", "self_loglik"):
-            raise ConfigError(f"online.reward: expected 'judge' or 'self_loglik', got {self.reward!r}")
+        if self.reward not in ("judge", "self_loglik", "win_rate"):
+            raise ConfigError(f"online.reward: expected 'judge', 'self_loglik' or 'win_rate', got {self.reward!r}")
         if self.stage_one_rounds < 0:
             raise ConfigError(f"online.stage_one_rounds: expected >= 0, got {self.stage_one_rounds}")
         if not self.correction_instruction.strip():
@@ -477,7 +477,10 @@ class OnlineConfig:
     reward: str = "judge"
     """``judge``: the ``judge`` section's score (``answer``: 1.0 for a correct final answer);
     ``self_loglik``: the sample's log-likelihood under the round's reference model, Sharpening's
-    self-reward log pi_base(y|x) (Huang et al. 2024); the latter reads no ground truth."""
+    self-reward log pi_base(y|x) (Huang et al. 2024); the latter reads no ground truth; ``win_rate``:
+    SPO (Swamy et al. 2024, arXiv 2401.04056): each sample's win rate against the prompt's other
+    k - 1 samples under the ``judge`` (a verifier or score: 1 win, 1/2 tie, 0 loss; a pairwise
+    ``llm`` judge: its comparisons), so the reward is a preference, not a score's scale."""
     length_normalized: bool = True
     """With ``self_loglik``: the log-likelihood per completion token, so an answer is not preferred
     for being short."""

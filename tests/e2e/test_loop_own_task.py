@@ -90,6 +90,9 @@ def test_self_rewarding_round_the_policy_judges_itself(tmp_path, tiny_model_dir,
     assert manifest["judge"]["config"]["model"]["path"] == str(tiny_model_dir)  # the judge is the round's model
     assert (run / "train" / "model").exists() and summary["metric"] == "accuracy"  # held out by the verifier
     assert (run / "verified.jsonl").exists() and summary["rounds"][1]["pass_at_1"] == 0.0  # samples verified too
+    metrics = json.loads((run / "metrics.json").read_text())  # the judge's agreement with the verifier, per round
+    assert metrics["judge_agreement"] == summary["rounds"][1]["judge_agreement"] == 0.0  # nothing right to pick
+    assert metrics["judge_pick_vs_random"] == 0.0
 
 
 @pytest.mark.slow

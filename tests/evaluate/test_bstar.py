@@ -76,6 +76,20 @@ def test_top_pick_ties_and_empty():
     assert balance_score(c, j) is None
 
 
+def test_judge_agreement_of_a_self_rewarding_judge_by_hand():
+    # scores: the policy's own ratings; correct: the verifier's verdicts (verified.jsonl)
+    c, j = _rows([("a", ["1", "2", "3", "4"], [F, T, F, F], [8, 9, 2, 1], None),   # top pick "2": right
+                  ("b", ["1", "2", "3", "4"], [T, T, F, F], [1, 2, 7, 3], None),   # top pick "3": wrong
+                  ("c", ["1", "2", "3", "4"], [T, F, T, F], [5, 5, 5, 1], None)])  # 3-way tie: 2 of 3 right
+    m = bstar_metrics(c, j)
+    agreement = (1 + 0 + 2 / 3) / 3
+    random_pick = (1 / 4 + 2 / 4 + 2 / 4) / 3  # pass@1: a uniformly random sample's chance
+    assert m["judge_agreement"] == pytest.approx(agreement) == pytest.approx(m["best_of_k"])
+    assert m["judge_pick_vs_random"] == pytest.approx(agreement - random_pick)
+    c, j = _rows([P4])  # no ground truth: no agreement
+    assert bstar_metrics(c, j)["judge_agreement"] is None and bstar_metrics(c, j)["judge_pick_vs_random"] is None
+
+
 def test_choose_temperature_by_balance():
     # n* = 2, score > 0.5
     # 0.5: unique selected {A}, correct: min(1/2,1)*1/1 = 0.5

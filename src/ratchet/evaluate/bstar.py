@@ -89,13 +89,18 @@ def bstar_metrics(completions: list[dict], judgments: list[dict], *, pairs_kept:
     - ``best_of_k``: correctness of the judge's top-scored sample (B-STaR's Best-of-K, exploitation).
     - ``judge_discrimination``: best_of_k / pass@n = the fraction of prompts with at least one
       correct sample on which the judge's top pick is correct (None if no prompt has one).
+    - ``judge_agreement``: ``best_of_k`` under the name self-rewarding reads it by: how often the
+      training judge's own pick (a self-rewarding LLM judge, a reward model) is verified correct,
+      its agreement with the task's verifier (the loop's ``verified.jsonl``). The same number.
+    - ``judge_pick_vs_random``: ``best_of_k - pass_at_1``: how much better the judge's pick is than
+      a uniformly random sample of the prompt (0: the judge picks no better than chance).
     - ``balance_score``: ``balance_score`` above, with ``threshold`` and ``n_star``.
     - ``pairs_kept``: as given by the caller.
     """
     stats = list(_rows(completions, judgments, distinct_by))
     out = {"prompts": len(stats), "k": None, "pass_at_1": None, "pass_at_k": None, "distinct_correct": None,
-           "distinct_answers": None, "best_of_k": None, "judge_discrimination": None, "balance_score": None,
-           "pairs_kept": pairs_kept}
+           "distinct_answers": None, "best_of_k": None, "judge_discrimination": None, "judge_agreement": None,
+           "judge_pick_vs_random": None, "balance_score": None, "pairs_kept": pairs_kept}
     if not stats:
         return out
     k = k or min(len(keys) for keys, _, _ in stats)
@@ -111,6 +116,7 @@ def bstar_metrics(completions: list[dict], judgments: list[dict], *, pairs_kept:
         judge_discrimination=(sum(_top_correct(s, c) for s, c in solvable) / len(solvable)) if solvable else None,
         balance_score=mean([balance_one(*r, threshold=threshold, n_star=n_star) for r in stats]),
     )
+    out.update(judge_agreement=out["best_of_k"], judge_pick_vs_random=out["best_of_k"] - out["pass_at_1"])
     return out
 
 

@@ -5,7 +5,10 @@ plus the completion as the assistant's turn): the only logit of a one-label head
 TRL's RewardTrainer, or the logit of ``label`` for a multi-label one. The conversation is
 rendered with the tokenizer's chat template when it has one, else as ``role: content`` lines.
 Long conversations lose tokens from the left, so the completion, which the score is about, is
-always kept. Knows nothing about sampling or pairing.
+always kept. Knows nothing about sampling or pairing. A model trained by ``ratchet train-rm``
+(``train.reward_model``: Bradley-Terry on preference pairs) is such a checkpoint: its output
+``<out>/model`` is the judge's ``model`` param, and it was trained on conversations rendered by
+``render_ids`` here, as the judge renders them.
 """
 
 from __future__ import annotations
@@ -48,14 +51,7 @@ class RewardModelJudge:
 
     def render(self, messages: Messages) -> list[int]:
         """Token ids of one conversation, cut from the left to ``max_length``."""
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, tokenize=False)
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-        else:
-            text = "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in messages)
-            ids = tok(text)["input_ids"]
-        return ids[-self.max_length:]
+        return render_ids(self.tokenizer, messages, self.max_length)
 
     def score(self, conversations: Sequence[Messages]) -> list[float]:
         """One score per conversation, in order; batches hold similar lengths to pad little."""
@@ -67,12 +63,7 @@ class RewardModelJudge:
         scores = [0.0] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # right padding
-                ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, :len(encoded[i])] = 1
+            ids, mask = pad_right([encoded[i] for i in batch], self.pad_id)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, labels)
             for row, i in enumerate(batch):
@@ -83,3 +74,30 @@ class RewardModelJudge:
         messages = prompt_messages(prompt)
         scores = self.score([messages + [{"role": "assistant", "content": c}] for c in completions])
         return [Judgment(score=s, correct=None, detail={"reward": s}) for s in scores]
+
+
+def render_ids(tokenizer, messages: Messages, max_length: int) -> list[int]:
+    """Token ids of one conversation as the judge scores it (and ``train.reward_model`` trains it):
+    the chat template when the tokenizer has one, else ``role: content`` lines; cut from the left
+    to ``max_length`` so the completion, which the score is about, is kept."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        text = "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in messages)
+        ids = tokenizer(text)["input_ids"]
+    return ids[-max_length:]
+
+
+def pad_right(encoded: Sequence[list[int]], pad_id: int):
+    """(input_ids, attention_mask) long tensors of the sequences, right-padded with ``pad_id``; the
+    classifier reads the last non-pad token (``config.pad_token_id``)."""
+    import torch
+
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        ids[row, :len(e)] = torch.tensor(e, dtype=torch.long)
+        mask[row, :len(e)] = 1
+    return ids, mask

@@ -28,7 +28,7 @@ from ratchet.judge import build_judge
 from ratchet.loop import stages
 from ratchet.loop.manifest import claim, run_stage
 from ratchet.loop.model_cache import ModelCache
-from ratchet.loop.rollouts import judge_reward, self_loglik_reward, single_turn, two_turn
+from ratchet.loop.rollouts import judge_reward, self_loglik_reward, single_turn, two_turn, win_rate_reward
 from ratchet.losses import LOSSES
 
 EPISODES = {"online": single_turn, "two_turn": two_turn}
@@ -73,9 +73,11 @@ def _train_online(model, tokenizer, rows: list[dict], out_dir: Path, cfg: RunCon
     from ratchet.train.online import train_online  # torch-heavy; import when training
 
     gen, t = cfg.generate, cfg.train
-    reward = (self_loglik_reward(reference_model, tokenizer, length_normalized=cfg.online.length_normalized)
-              if cfg.online.reward == "self_loglik"
-              else judge_reward(build_judge(cfg.judge.name, cfg.judge.params, policy=lambda: (model, tokenizer))))
+    if cfg.online.reward == "self_loglik":
+        reward = self_loglik_reward(reference_model, tokenizer, length_normalized=cfg.online.length_normalized)
+    else:  # judge: its score; win_rate: SPO, each sample's win rate against the prompt's others
+        judge = build_judge(cfg.judge.name, cfg.judge.params, policy=lambda: (model, tokenizer))
+        reward = (win_rate_reward if cfg.online.reward == "win_rate" else judge_reward)(judge)
     episodes = EPISODES[LOSSES[t.loss.name].data]
     if episodes is two_turn:
         episodes = functools.partial(two_turn, instruction=cfg.online.correction_instruction)

@@ -59,20 +59,31 @@ def _gate_p(r: dict) -> str:
 def print_summary(summary: dict) -> None:
     metric = summary.get("metric", "accuracy")
     gated = any("gated" in r for r in summary["rounds"])  # the gate read a revision or a goal-conditioned answer
+    agree = any(r.get("judge_agreement") is not None for r in summary["rounds"])  # a self-judge, verified
     table = Table(title=f"ratchet: held-out {metric} per round", caption="[95% interval]; pass@1, pass@k: the "
                   "round's samples; gate p: one-sided p-value of the gain over the best round so far (paired)"
-                  + ("; per revision: revision 0 (the draft), 1, ...; gated: the value the gate read" if gated else ""))
+                  + ("; per revision: revision 0 (the draft), 1, ...; gated: the value the gate read" if gated else "")
+                  + ("; judge pick: how often the judge's top sample is verified correct (its gain over pass@1)"
+                     if agree else ""))
     for col in ("round", f"held-out {metric}") + (("per revision", "gated") if gated else ()) + (
-            "pass@1", "pass@k", "balance", "pairs", "train loss", "gate p", "kept"):
+            "pass@1", "pass@k") + (("judge pick",) if agree else ()) + ("balance", "pairs", "train loss", "gate p",
+                                                                         "kept"):
         table.add_column(col, justify="right", no_wrap=col.startswith("held-out"))  # the value [interval] whole
     for r in summary["rounds"]:
         fmt = lambda k, f="{:.3f}": f.format(r[k]) if r.get(k) is not None else "-"  # noqa: E731
         value = r.get(metric) if _is_number(r.get(metric)) else None
         extra = (_per_revision_cell(r), _gated_cell(r)) if gated else ()
+        pick = (_judge_pick_cell(r),) if agree else ()
         table.add_row(str(r["round"]), value_cell(value, metric_interval({**r, "metric": metric})), *extra,
-                      fmt("pass_at_1"), fmt("pass_at_k"), fmt("balance_score"), fmt("pairs_kept", "{}"),
+                      fmt("pass_at_1"), fmt("pass_at_k"), *pick, fmt("balance_score"), fmt("pairs_kept", "{}"),
                       fmt("train_loss", "{:.4f}"), _gate_p(r), "yes" if r.get("kept") else "no")
     Console().print(table)
+
+
+def _judge_pick_cell(r: dict) -> str:
+    """``0.667 (+0.250)``: ``judge_agreement`` and ``judge_pick_vs_random`` (evaluate.bstar)."""
+    agreement, gain = r.get("judge_agreement"), r.get("judge_pick_vs_random")
+    return "-" if not _is_number(agreement) else f"{agreement:.3f}" + (f" ({gain:+.3f})" if _is_number(gain) else "")
 
 
 def _per_revision_cell(r: dict) -> str:

@@ -8,6 +8,8 @@ policy. A reward maps (prompt row, its samples as ``PromptCompletion``) to ``Jud
 - ``self_loglik_reward``: Sharpening's self-reward (Huang et al. 2024, arXiv 2412.01951; section
   9.6) log pi_base(y|x) under a fixed model (the round's reference), per token if
   ``length_normalized``; no ground truth is read.
+- ``win_rate_reward``: SPO's self-play reward (Swamy et al. 2024, arXiv 2401.04056, Algorithm 1):
+  each sample's win rate against the prompt's other samples under the judge (``others_win_rates``).
 
 Episodes: ``single_turn`` (k completions of each prompt: RLOO) and ``two_turn`` (SCoRe, Kumar et
 al. 2024: k first attempts, then one second attempt after each, prompted by
@@ -22,7 +24,7 @@ import dataclasses
 from collections.abc import Callable
 
 from ratchet.data.correction import correction_messages
-from ratchet.data.pairing import is_complete
+from ratchet.data.pairing import is_complete, win_rates
 from ratchet.data.revision import PromptCompletion
 from ratchet.generate.base import Sample, Sampler, SamplingParams
 from ratchet.judge.base import Judge, Judgment
@@ -33,6 +35,38 @@ Reward = Callable[[dict, list[PromptCompletion]], list[Judgment]]
 
 def judge_reward(judge: Judge) -> Reward:
     return lambda row, seqs: judge.judge(row, [s.text for s in seqs])
+
+
+def others_win_rates(judged: dict) -> list[float]:
+    """SPO's reward of each of a prompt's K samples: its win rate against the OTHER K - 1 samples,
+    r_i = (1/(K-1)) sum_{j != i} P(y_i > y_j) (Swamy et al. 2024, arXiv 2401.04056, Algorithm 1:
+    the preference of a trajectory over the others in its batch), from a judgments row:
+
+    - a pairwise judge (``details[i]`` with ``wins`` and ``comparisons``, both orders): wins_i / comparisons_i
+      (1/2 with no comparison);
+    - otherwise ``data.pairing.win_rates``, SPPO's P_i = (1/K)(sum_{j != i} P_ij + 1/2), which counts
+      the self-comparison as 1/2; without it, r_i = (K P_i - 1/2) / (K - 1). So a verifier's correct
+      sample among c correct of K gets (K - c + (c - 1)/2) / (K - 1), a wrong one (K - c - 1)/2 / (K - 1)."""
+    details = judged.get("details") or []
+    if details and all(isinstance(d, dict) and {"wins", "comparisons"} <= set(d) for d in details):
+        return [d["wins"] / d["comparisons"] if d["comparisons"] else 0.5 for d in details]
+    rates = win_rates(judged)
+    k = len(rates)
+    if k < 2:
+        raise ValueError(f"win-rate reward: a prompt needs at least 2 samples to compare, got {k} (generate.k)")
+    return [(k * p - 0.5) / (k - 1) for p in rates]
+
+
+def win_rate_reward(judge: Judge) -> Reward:
+    """SPO: the judge's verdicts on a prompt's samples turned into each one's win rate against the
+    others (``others_win_rates``); the judge's own score is kept in ``detail["judge_score"]``."""
+    def reward(row: dict, seqs: list[PromptCompletion]) -> list[Judgment]:
+        verdicts = judge.judge(row, [s.text for s in seqs])
+        rates = others_win_rates({"scores": [v.score for v in verdicts], "correct": [v.correct for v in verdicts],
+                                  "details": [v.detail for v in verdicts]})
+        return [Judgment(score=rate, correct=v.correct, detail={**(v.detail or {}), "judge_score": v.score})
+                for rate, v in zip(rates, verdicts)]
+    return reward
 
 
 def self_loglik_reward(model, tokenizer, *, length_normalized: bool = True, batch_size: int = 32) -> Reward:

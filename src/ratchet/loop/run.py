@@ -191,8 +191,10 @@ def run_offline_round(cfg: RunConfig, task, round_dir: Path, model_path: str, re
     if cfg.revise.train_drafts:  # SRPO: the model's own revisions of its drafts join the pairs
         pairs = _revision_pairs(cfg, task, round_dir, model_path, models, gen, pairs, policy, progress)
     n_pairs = len(read_jsonl(pairs))
-    metrics = {"round": r, **bstar_metrics(read_jsonl(c), _verified(cfg, round_dir, c, j, policy), pairs_kept=n_pairs),
-               "temperature": gen.temperature}
+    truth, verified = _verified(cfg, round_dir, c, j, policy)
+    metrics = {"round": r, **bstar_metrics(read_jsonl(c), truth, pairs_kept=n_pairs), "temperature": gen.temperature}
+    if not verified:  # the training judge gave the verdicts itself: no second opinion to agree with
+        metrics = {k: v for k, v in metrics.items() if k not in ("judge_agreement", "judge_pick_vs_random")}
     pair_counts = stages.pair_metrics_path(pairs)
     if pair_counts.exists():  # pairs whose chosen text equals the rejected one, left out by the pair stage
         counts = json.loads(pair_counts.read_text())
@@ -266,20 +268,22 @@ def _anchor_path(cfg: RunConfig) -> str | None:
     return resolve_model(cfg.model.path, revision=cfg.model.revision)
 
 
-def _verified(cfg: RunConfig, round_dir: Path, completions: Path, judgments: Path, policy) -> list[dict]:
-    """The judgments for B-STaR's metrics. A judge that only scores (a self-rewarding LLM judge, a
-    reward model) says nothing of correctness; when ``evaluate.judge`` is a verifier, the samples are
-    also verified (``verified.jsonl``) so ``pass_at_*`` are real and ``best_of_k`` tells how often the
-    training judge's own pick is correct."""
+def _verified(cfg: RunConfig, round_dir: Path, completions: Path, judgments: Path,
+              policy) -> tuple[list[dict], bool]:
+    """(the judgments for B-STaR's metrics, whether a separate verifier gave their ``correct``). A
+    judge that only scores (a self-rewarding LLM judge, a reward model) says nothing of correctness;
+    when ``evaluate.judge`` is a verifier, the samples are also verified (``verified.jsonl``) so
+    ``pass_at_*`` are real and ``judge_agreement`` (= ``best_of_k``) tells how often the training
+    judge's own pick is correct, ``judge_pick_vs_random`` how much better than a random sample."""
     judged = read_jsonl(judgments)
     if cfg.evaluate.judge is None or any(x is not None for row in judged for x in row["correct"]):
-        return judged
+        return judged, False
     verified = round_dir / "verified.jsonl"
     check = stages.eval_judge(cfg.evaluate, cfg.judge)
     run_stage(round_dir, "verify", {"judge": to_dict(check)}, [completions], [verified],
               lambda: stages.judge(completions, verified, check, policy=policy))
     truth = {row["id"]: row["correct"] for row in read_jsonl(verified)}
-    return [{**row, "correct": truth[row["id"]]} for row in judged]
+    return [{**row, "correct": truth[row["id"]]} for row in judged], True
 
 
 def _uses_policy(cfg: RunConfig) -> bool:

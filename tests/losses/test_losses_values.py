@@ -282,3 +282,14 @@ def test_sft_values():
     close(run("sft", policy_logps=t(-3.0), lengths=torch.tensor([4]), token_mean=True), 0.75)
     with pytest.raises(ValueError, match="needs lengths"):
         run("sft", policy_logps=t(-3.0), token_mean=True)
+
+
+def test_kto_balanced_weights():
+    from ratchet.losses.kto import balanced_weights
+
+    # 14 desirable, 50 undesirable: lambda_D = 50/14 so lambda_D * 14 / (1 * 50) = 1 (the paper's lower bound)
+    assert balanced_weights(14, 50) == pytest.approx({"desirable_weight": 50 / 14, "undesirable_weight": 1.0})
+    # the other way round: lambda_U = 50/14, so 1 * 50 / (lambda_U * 14) = 1
+    assert balanced_weights(50, 14) == pytest.approx({"desirable_weight": 1.0, "undesirable_weight": 50 / 14})
+    assert balanced_weights(7, 7) == {"desirable_weight": 1.0, "undesirable_weight": 1.0}
+    assert balanced_weights(0, 9) == {"desirable_weight": 1.0, "undesirable_weight": 1.0}  # nothing to balance

@@ -107,3 +107,16 @@ def test_one_step_on_unpaired_rows_equals_one_step_on_pairs(tmp_path, tiny_model
         (out[name],) = metrics(tmp_path / name)
     for k in ("loss", "grad_norm", "kl_baseline", "rewards"):
         assert out["unpaired"][k] == pytest.approx(out["pairs"][k], rel=1e-4, abs=1e-6), k
+
+
+def test_kto_weights_balance_the_labels_unless_the_recipe_sets_them(tmp_path, tiny_model_dir):
+    rows = _unpaired(5)[:-1]  # 5 desirable, 4 undesirable: lambda_U = 5/4 makes lambda_D n_D / (lambda_U n_U) = 1
+    path = write_pairs(tmp_path / "unpaired.jsonl", rows=rows)
+    params = run(tiny_model_dir, path, tmp_path / "auto", loss="kto", batch_size=9)["params"]
+    assert params["desirable_weight"] == 1.0 and params["undesirable_weight"] == pytest.approx(1.25)
+    given = run(tiny_model_dir, path, tmp_path / "given", loss="kto", batch_size=9,
+                loss_params={"desirable_weight": 2.0})["params"]
+    assert given["desirable_weight"] == 2.0 and given["undesirable_weight"] == 1.0
+    paired = run(tiny_model_dir, write_pairs(tmp_path / "pairs.jsonl", n=3), tmp_path / "pairs", loss="kto",
+                 batch_size=3)["params"]  # pairs: one desirable and one undesirable answer each
+    assert paired["desirable_weight"] == paired["undesirable_weight"] == 1.0

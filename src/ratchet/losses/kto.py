@@ -22,9 +22,26 @@ class KTOParams:
     beta: float = 0.1
     """Risk-aversion / KL strength of the value function."""
     desirable_weight: float = 1.0
-    """lambda_D. Keep lambda_D n_D / (lambda_U n_U) in [1, 4/3] (the paper's advice; TRL warns outside it)."""
+    """lambda_D. Keep lambda_D n_D / (lambda_U n_U) in [1, 4/3] (the paper's advice; TRL warns outside it).
+    The trainer sets both weights from the rows' labels (``balanced_weights``) unless a recipe sets either."""
     undesirable_weight: float = 1.0
     """lambda_U."""
+
+
+def balanced_weights(n_desirable: int, n_undesirable: int) -> dict[str, float]:
+    """lambda_D and lambda_U that make lambda_D n_D / (lambda_U n_U) = 1, the lower end of the paper's
+    advised [1, 4/3] (Ethayarajh et al. 2024, section 4.2): the rarer class is weighted up, the other
+    keeps weight 1. Why it matters: a self-generated KTO set is as unbalanced as the model's accuracy
+    (32 arithmetic prompts x 8 samples gave 14 desirable and 50 undesirable rows), and unweighted the
+    undesirable rows' push on their shared end-of-turn token made 62 of 100 held-out answers run past
+    the token budget (docs/evidence.md). Either count 0: both weights 1 (nothing to balance).
+
+        balanced_weights(14, 50) == {"desirable_weight": 50 / 14, "undesirable_weight": 1.0}
+    """
+    if n_desirable <= 0 or n_undesirable <= 0:
+        return {"desirable_weight": 1.0, "undesirable_weight": 1.0}
+    ratio = n_undesirable / n_desirable
+    return {"desirable_weight": max(ratio, 1.0), "undesirable_weight": max(1.0 / ratio, 1.0)}
 
 
 def kto_kl_baseline(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from ratchet.data.revision import load_template
 from ratchet.data.trl_format import read_pairs
 from ratchet.logprobs import supports_4d_mask
 from ratchet.losses import LOSSES
+from ratchet.losses.kto import balanced_weights
 from ratchet.train import checkpoint
 from ratchet.train.adapters import enable_checkpointing
 from ratchet.train.batches import (SKIP_HINT, PairsError, PrepareReport, Step, epoch_batches, prepare_pairs,
@@ -71,6 +72,15 @@ def _prepare(rows: list[dict], tokenizer, pairs_path: Path, accelerator, need: N
     if report.truncated:
         accelerator.print(f"train: {report.truncated} completions truncated to max_length={max_length}")
     return report
+
+
+def _class_weights(loss: str, fmt: str, rows: list[dict], params: dict) -> dict:
+    """KTO on unpaired rows: ``params`` with lambda_D and lambda_U balancing the labels
+    (``losses.kto.balanced_weights``) where the caller sets neither; anything else as given."""
+    if loss != "kto" or fmt != "unpaired" or {"desirable_weight", "undesirable_weight"} & set(params):
+        return params
+    n_desirable = sum(1 for row in rows if row.get("label") is True)
+    return {**params, **balanced_weights(n_desirable, len(rows) - n_desirable)}
 
 
 def _precompute(model, examples, pairs_path: Path, accelerator, *, prefix: str, model_id: str, names, max_length,
@@ -128,9 +138,9 @@ def train_offline(model, tokenizer, pairs_path: str | Path, out_dir: str | Path,
     the settings ``TrainConfig`` also has (``loss``, ``lr``, ``epochs``, ...) are its defaults
     (config.py; tests/train/test_defaults.py keeps them equal); the loop passes them all from it."""
     spec = LOSSES[loss]
-    params = spec.make_params(**(loss_params or {}))
     rows = read_pairs(pairs_path)  # TRL preference rows become pairs rows; rows with messages pass as is
     fmt = row_format(rows)  # preference pairs, or unpaired labelled examples (KTO)
+    params = spec.make_params(**_class_weights(loss, fmt, rows, loss_params or {}))
     need = needs(spec, fmt)
     if need.anchor and anchor_model is None:
         raise ValueError(f"objective {loss!r} reads anchor log-probs: pass anchor_model (the fixed initial model)")

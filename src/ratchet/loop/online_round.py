@@ -122,7 +122,8 @@ def run_online_round(cfg: RunConfig, task, round_dir: Path, model_path: str, ref
     run_stage(round_dir, "train", key, [p], [train_dir / "model"], train_model)
     summary = json.loads((train_dir / "train_summary.json").read_text())
     metrics = {"round": r, "train_loss": summary["final"].get("loss"), "samples": summary["samples"],
-               "temperature": cfg.generate.temperature, **({"score_stage": params["stage"]} if "stage" in params else {}),
+               "temperature": cfg.generate.temperature,
+               **({"score_stage": params["stage"]} if "stage" in params else {}),
                **_step_means(train_dir / "train_metrics.jsonl", ("rewards", "first_rewards", "second_rewards", "kl"))}
     metrics.update(evaluate(str(train_dir / "model")))
     write_json(round_dir / "metrics.json", metrics)

@@ -262,13 +262,14 @@ def _attach_ref_responses(pairs: list[dict], rows: list[dict], *, seed: int) -> 
 
 
 def train_model(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig, *, skip_invalid: bool = False,
-          reference_model=None, reference_id: str = "policy-at-start", anchor_model=None,
-          anchor_id: str = "policy-at-start", revision_template: str = "revision",
-          resume: bool = False, report_to: list[str] = (), progress: bool = True,
-          invalid_hint: str | None = None) -> dict:
+                reference_model=None, reference_id: str = "policy-at-start", anchor_model=None,
+                anchor_id: str = "policy-at-start", revision_template: str = "revision",
+                resume: bool = False, report_to: list[str] = (), progress: bool = True,
+                invalid_hint: str | None = None) -> dict:
     """Train on ``pairs``; ``reference_model`` and ``anchor_model`` (INPO's fixed pi_ref) are, when
-    None, the model as it starts (round 1 of a loop, or ``ratchet train``); ``revision_template`` (``revise.template``) makes SRPO's revision prompts, so
-    training and ``revise`` use one template (objectives without revise_* sequences ignore it);
+    None, the model as it starts (round 1 of a loop, or ``ratchet train``); ``revision_template``
+    (``revise.template``) makes SRPO's revision prompts, so training and ``revise`` use one template
+    (objectives without revise_* sequences ignore it);
     ``resume`` continues from the newest checkpoint in ``out_dir/checkpoints`` (every
     ``cfg.checkpoint_every`` steps), if there is one; ``invalid_hint`` ends an invalid row's error
     where the caller offers a way to skip such rows (``ratchet train --skip-invalid``)."""

@@ -221,8 +221,10 @@ class FileTask:
         return out
 
     def fingerprint(self) -> dict:
-        return {"source": _identity(self.source), "heldout_source": self.heldout_source and _identity(self.heldout_source),
-                "fields": self.fields, "template": self.template, "seed": self.seed, "read": self.read_options, "heldout_split": self.heldout_split}
+        return {"source": _identity(self.source),
+                "heldout_source": self.heldout_source and _identity(self.heldout_source),
+                "fields": self.fields, "template": self.template, "seed": self.seed, "read": self.read_options,
+                "heldout_split": self.heldout_split}
 
 
 def _identity(source: str) -> str:

@@ -16,7 +16,7 @@ from ratchet.config import ConfigError, to_dict
 from ratchet.loop import run as run_module
 from ratchet.loop import stages
 from ratchet.loop.compare_runs import load_run
-from ratchet.loop.sweep import SEED_KEYS, SEEDED, parse_seeds, plan, run_sweep, t_interval, t_quantile_975
+from ratchet.loop.sweep import SEEDED, parse_seeds, plan, run_sweep, t_interval, t_quantile_975
 
 # held-out metric per evaluation, in call order: (recipe, seed) -> (round 0, round 1)
 SCRIPT = {("a", 0): (0.5, 0.6), ("a", 1): (0.3, 0.2), ("b", 0): (0.4, 0.7), ("b", 1): (0.6, 0.9)}
@@ -81,7 +81,7 @@ def test_sweep_table_matches_the_runs_and_resumes(tmp_path, tiny_model_dir, leng
     for (recipe, seed), values in SCRIPT.items():
         run = sweep_dir / f"{recipe}-s{seed}"
         config = yaml.safe_load((run / "config.yaml").read_text())
-        assert [_get(config, k) for k in SEED_KEYS] == [seed] * len(SEED_KEYS)
+        assert _get(config, "seed") == seed
         section_seeds.add((recipe, tuple(_get(config, k) for k in SEEDED)))
         assert next(r for r in result["runs"] if r["path"] == str(run))["values"] == list(values)
     assert len(section_seeds) == 4  # each seed moves each section's seed
@@ -141,7 +141,7 @@ def test_seeds_and_plan(tmp_path):
         ("a", 4, "a-s4", 2), ("a", 9, "a-s9", 2), ("arithmetic-dpo", 4, "arithmetic-dpo-s4", 2),
         ("arithmetic-dpo", 9, "arithmetic-dpo-s9", 2)]
     configs = [yaml.safe_load(yaml.safe_dump(to_dict(r.cfg))) for r in runs]
-    assert [[_get(c, k) for k in SEED_KEYS] for c in configs] == [[r.seed] * len(SEED_KEYS) for r in runs]
+    assert [_get(c, "seed") for c in configs] == [r.seed for r in runs]
     for key in SEEDED:  # every section's seed moves with the run's seed
         assert _get(configs[0], key) != _get(configs[1], key) and _get(configs[2], key) != _get(configs[3], key)
     assert all(r.cfg.run_dir().parent == sweep_dir for r in runs)

@@ -8,7 +8,7 @@ aggregate table; the runs themselves are ordinary ``run_loop`` runs, read back t
     runs_dir/<sweep>/sweep.json               the plan, every run's per-round values, the table
     runs_dir/<sweep>/sweep.md                 the table in markdown (for docs/evidence.md)
 
-Each run gets the user's overrides, then its seed (``SEED_KEYS``: the top-level ``seed``, from which
+Each run gets the user's overrides, then its seed (the top-level ``seed``, from which
 every section's seed is derived), run name and runs_dir. The seed moves every random choice of a
 run: the task's draws (the built-in generators also draw the held-out problems from it, so each
 seed is measured on its own held-out set), sampling, pair choice and training order. Runs go one
@@ -37,14 +37,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ratchet.config import ConfigError, RunConfig, load_config, to_dict
+from ratchet.config import SEEDED_SECTIONS, ConfigError, RunConfig, load_config, to_dict
 from ratchet.data.records import write_json
 from ratchet.loop.compare_runs import Run, load_run
 
-SEEDED = ("task.seed", "generate.seed", "pair.seed", "train.seed")
+SEEDED = tuple(f"{section}.seed" for section in SEEDED_SECTIONS)
 """The seeds a run's seed must move (a recipe that sets one itself would hold it fixed: an error)."""
-SEED_KEYS = ("seed",)  # without RunConfig's top-level seed (which derives the others): SEED_KEYS = SEEDED
-"""The keys one run's seed is written to."""
 RESERVED = ("name", "runs_dir", "seed") + SEEDED
 """Keys the sweep sets per run; an override of one would be overwritten or hold a seed fixed: an error."""
 
@@ -122,7 +120,7 @@ def plan(recipes: list[str], seeds: list[int], overrides: list[str] = (), runs_d
         names[recipe_name] = recipe
     sweep_dir = Path(runs_dir) / (name or _default_name(list(names)))
     runs = [PlannedRun(recipe_name, seed, load_config(recipe, [
-        *overrides, *(f"{key}={seed}" for key in SEED_KEYS), f"name={recipe_name}-s{seed}",
+        *overrides, f"seed={seed}", f"name={recipe_name}-s{seed}",
         f"runs_dir={sweep_dir}"])) for recipe_name, recipe in names.items() for seed in seeds]
     for recipe_name, recipe in names.items():
         for key in SEEDED:

@@ -117,6 +117,56 @@ def _multi_step(r: random.Random, steps: int) -> Problem:
     return " ".join(sentences), value
 
 
+# Problems worded as the training prompts never are (issue 21: does a gain hold beyond the phrasing
+# it was trained on?). Same operations and number ranges as GENERATORS, other sentences, names and
+# objects; none of the training templates' phrases ("has", "gets ... more", "gives away", "boxes with",
+# "buys ... more") occurs. They are drawn by ``make_unseen_problems`` only, never by the task.
+_UNSEEN_NAMES = ["Zoe", "Kai", "Ivy", "Leo", "Mia", "Noah"]
+_UNSEEN_THINGS = ["pencils", "stickers", "buttons", "seashells", "tickets", "beads"]
+
+
+def _unseen_add(r: random.Random) -> Problem:
+    thing, a, b = r.choice(_UNSEEN_THINGS), r.randint(2, 60), r.randint(2, 40)
+    return f"A jar holds {a} {thing}. Someone drops another {b} {thing} into it. What is the count in the jar?", a + b
+
+
+def _unseen_sub(r: random.Random) -> Problem:
+    thing, a = r.choice(_UNSEEN_THINGS), r.randint(10, 80)
+    b = r.randint(1, a - 1)
+    return f"A bag held {a} {thing}, and {b} of them were taken out. What number remain in the bag?", a - b
+
+
+def _unseen_mul(r: random.Random) -> Problem:
+    name, thing = r.choice(_UNSEEN_NAMES), r.choice(_UNSEEN_THINGS)
+    a, b = r.randint(2, 9), r.randint(2, 12)
+    return f"{name} orders {a} packets of {thing}; every packet contains {b}. What total did {name} order?", a * b
+
+
+def _unseen_two_step(r: random.Random) -> Problem:
+    name, thing = r.choice(_UNSEEN_NAMES), r.choice(_UNSEEN_THINGS)
+    a, b = r.randint(5, 40), r.randint(2, 20)
+    c = r.randint(1, a + b - 1)
+    return (f"{name} started the day with {a} {thing}, was handed {b} at lunch and lost {c} on the way home. "
+            f"What does {name} end the day with?"), a + b - c
+
+
+UNSEEN_GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
+    "add": _unseen_add, "sub": _unseen_sub, "mul": _unseen_mul, "two_step": _unseen_two_step}
+
+
+def make_unseen_problems(n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct problems in the unseen wordings (the same mix of kinds as ``make_problems``),
+    as prompt records with the task's instruction line, deterministic in ``seed``."""
+    r = random.Random(f"arithmetic-unseen/{seed}")
+    out, seen = [], set()
+    while len(out) < n:
+        question, answer = UNSEEN_GENERATORS[r.choice(list(UNSEEN_GENERATORS))](r)
+        if question not in seen:
+            seen.add(question)
+            out.append(_record(question, answer))
+    return out
+
+
 def _is_heldout(question: str) -> bool:
     digest = hashlib.sha256(question.encode()).digest()
     return digest[0] % HELDOUT_BUCKETS == 0

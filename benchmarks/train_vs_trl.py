@@ -1,6 +1,6 @@
 """ratchet's trainer vs TRL's DPOTrainer: same model, same pairs, same batches, side by side.
 
-    python benchmarks/train_vs_trl.py [--reps 3] [--pairs 64] [--batch-size 8] [--threads 1]
+    python benchmarks/train_vs_trl.py [--reps 3] [--pairs 64] [--batch-size 8] [--threads 1] [--share-prompt on]
 
 Model: SmolLM2-135M-Instruct (``ratchet.models.resolve_model("smollm2-135m")``), float32, CPU.
 Data: ``--pairs`` arithmetic prompts (``ratchet.data.arithmetic.make_problems``, ~70-token chat
@@ -38,9 +38,23 @@ the EOS text ``<|im_end|>`` to each answer; ratchet appends the EOS id), checked
 mean chosen log-prob of step 1. TRL's loss per step is read from ``compute_loss`` itself
 (wrapped), not from its rounded logs.
 
+Hardware: the ratchet child measures the machine's matrix-product limit at its thread count just
+before training (``machine.matmul_gflops``) and counts the model FLOPs of every forward ratchet
+runs, from the packed batches themselves (``batches.pack`` wrapped): per real token
+``machine.forward_flops_per_token`` at the token's context length (its position + 1: in a shared
+row a token attends to its own sequence only), less the LM head where no token is scored (ratchet
+applies it only there); padding is not counted. Training forwards count 3x (backward = 2 x
+forward; recomputation under gradient checkpointing is not model math), the reference pass 1x.
+``flop_util`` = those FLOPs / ``train_offline()`` seconds / the matrix-product limit;
+``prompt_tokens_per_pair`` = prompt tokens the training forwards compute per pair (tokens that no
+sequence scores: 2 x the prompt with one row per sequence, 1 x with shared-prefix packing).
+``--share-prompt off`` runs ratchet with one row per sequence in both passes (the layout before
+shared-prefix packing), for before/after comparisons.
+
 The last line is machine-readable:
 ``train_vs_trl: speedup=<ratchet pairs/s / TRL pairs/s> memory_ratio=<ratchet peak RSS / TRL
-peak RSS> loss_step1_absdiff=<|difference of the first step's loss|>``
+peak RSS> loss_step1_absdiff=<|difference of the first step's loss|> flop_util=<ratchet model
+FLOP/s / matmul FLOP/s> prompt_tokens_per_pair=<prompt tokens ratchet computes per pair>``
 """
 
 from __future__ import annotations
@@ -97,23 +111,74 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ratchet(pairs_file: Path, batch_size: int, work: Path, mode: str = "split") -> dict:
+class ModelFlops:
+    """Model FLOPs and prompt tokens of every packed forward ratchet runs, read from the batches
+    ``ratchet.train.batches.pack`` builds for the training step (``kind`` train, 3 x forward) and
+    the reference pass (``ref``, forward only). ``share`` False forces one row per sequence."""
+
+    def __init__(self, config, share: bool = True):
+        self.config, self.share = config, share
+        self.flops = {"train": 0.0, "ref": 0.0}
+        self.prompt = {"train": 0, "ref": 0}
+        self.tokens = {"train": 0, "ref": 0}
+        self.pairs = {"train": 0, "ref": 0}
+
+    def wrap(self, module, kind: str) -> None:
+        original = module.pack
+
+        def counting(examples, names, pad_id, *, share_prompt):
+            packed = original(examples, names, pad_id, share_prompt=share_prompt and self.share)
+            self.add(packed, kind, len(examples))
+            return packed
+
+        module.pack = counting
+
+    def add(self, packed, kind: str, pairs: int) -> None:
+        from machine import forward_flops_per_token
+
+        n = packed.tokens
+        context = float((packed.position_ids[packed.real] + 1).sum()) / n  # mean keys a token attends
+        unscored = n - len(packed.labels)  # positions whose hidden state never meets the LM head
+        forward = n * forward_flops_per_token(self.config, context) \
+            - 2 * unscored * self.config.hidden_size * self.config.vocab_size
+        self.flops[kind] += forward * (3 if kind == "train" else 1)
+        self.prompt[kind] += packed.prompt_tokens
+        self.tokens[kind] += n
+        self.pairs[kind] += pairs
+
+
+def run_ratchet(pairs_file: Path, batch_size: int, work: Path, mode: str = "split", share: bool = True) -> dict:
+    import torch
+
+    import ratchet.train.reference
+    import ratchet.train.step
+    from machine import matmul_gflops
     from ratchet.models import load_model
     from ratchet.train.offline import train_offline
 
     model, tokenizer = load_model("smollm2-135m", dtype="float32")
+    counter = ModelFlops(model.config, share)
+    counter.wrap(ratchet.train.step, "train")
+    counter.wrap(ratchet.train.reference, "ref")
+    limit = matmul_gflops()  # this process, this thread count, just before the run
     fresh = work / "pairs.jsonl"  # a fresh copy: the reference log-probs are computed, not read from a cache
     shutil.copy(pairs_file, fresh)
     t0, cpu0 = time.perf_counter(), time.process_time()
     summary = train_offline(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
                     batch_size=batch_size, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
-                    max_grad_norm=1.0, shuffle=False, checkpoint_every=0, progress=False,
+                    max_grad_norm=1.0, shuffle=False, checkpoint_every=0, progress=False, share_prompt=share,
                     **({"max_forward_tokens": 256} if mode == "split" else {"gradient_checkpointing": True}))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = [json.loads(line) for line in (work / "out" / "train_metrics.jsonl").read_text().splitlines()]
+    flops = sum(counter.flops.values())
     return {"seconds": seconds, "cpu_seconds": cpu, "pairs": summary["pairs"], "steps": summary["steps"],
             "losses": [r["loss"] for r in rows], "chosen_logps_step1": rows[0]["chosen_logps"],
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(), "matmul_gflops": limit,
+            "model_gflop": flops / 1e9, "flop_util": flops / seconds / (limit * 1e9),
+            "train_gflop_per_pair": counter.flops["train"] / 1e9 / max(counter.pairs["train"], 1),
+            "ref_gflop_per_pair": counter.flops["ref"] / 1e9 / max(counter.pairs["ref"], 1),
+            "prompt_tokens_per_pair": counter.prompt["train"] / max(counter.pairs["train"], 1),
+            "tokens_per_pair": counter.tokens["train"] / max(counter.pairs["train"], 1)}
 
 
 def run_trl(pairs_file: Path, batch_size: int, work: Path, precompute: bool = True) -> dict:
@@ -160,7 +225,7 @@ def child(system: str, pairs_file: Path, result: Path, args) -> None:
     batch_size, trl_precompute = args.batch_size, args.trl_precompute == "on"
     with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as work:
         if system == "ratchet":
-            out = run_ratchet(pairs_file, batch_size, Path(work), args.ratchet_mode)
+            out = run_ratchet(pairs_file, batch_size, Path(work), args.ratchet_mode, args.share_prompt == "on")
         else:
             out = run_trl(pairs_file, batch_size, Path(work), trl_precompute)
     result.write_text(json.dumps(out))
@@ -170,7 +235,7 @@ def _spawn(system: str, pairs_file: Path, args, work: Path, rep: int) -> dict:
     result = work / f"{system}-{rep}.json"
     cmd = [sys.executable, __file__, "--child", system, "--pairs-file", str(pairs_file), "--batch-size",
            str(args.batch_size), "--result", str(result), "--trl-precompute", args.trl_precompute,
-           "--threads", str(args.threads), "--ratchet-mode", args.ratchet_mode]
+           "--threads", str(args.threads), "--ratchet-mode", args.ratchet_mode, "--share-prompt", args.share_prompt]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -193,6 +258,9 @@ def main() -> None:
     ap.add_argument("--ratchet-mode", choices=["split", "checkpoint"], default="split",
                     help="split: one pair per forward, no gradient checkpointing; checkpoint: 8 pairs per forward "
                          "with gradient checkpointing")
+    ap.add_argument("--share-prompt", choices=["on", "off"], default="on",
+                    help="ratchet's shared-prefix packing (train_offline share_prompt): on, or off (one row per "
+                         "sequence in training and in the reference pass: the layout before it)")
     ap.add_argument("--trl-precompute", choices=["on", "off"], default="on",
                     help="TRL's precompute_ref_log_probs: on (its best setting here: same speed, less memory) or "
                          "off (its default: a reference model kept and run every step)")
@@ -215,7 +283,8 @@ def main() -> None:
                      add_special_tokens=False)["input_ids"])
     print(f"{args.pairs} pairs, completions {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
           f"prompt ~{prompt} tokens; batch {args.batch_size}; {args.reps} repetitions, each in a fresh process; "
-          f"TRL precompute_ref_log_probs={precompute}; ratchet mode {args.ratchet_mode}; "
+          f"TRL precompute_ref_log_probs={precompute}; ratchet mode {args.ratchet_mode}, "
+          f"share_prompt {args.share_prompt}; "
           f"{args.threads} thread(s) per process")
     runs: dict[str, list[dict]] = {"ratchet": [], "trl": []}
     for rep in range(args.reps):
@@ -245,10 +314,18 @@ def main() -> None:
     print(f"{'last-step loss':26s} {first['ratchet']['losses'][steps - 1]:12.6f} "
           f"{first['trl']['losses'][steps - 1]:12.6f}")
     print(f"{'max |loss diff| all steps':26s} {max_diff:12.2e}")
+    hw = {k: statistics.median(x[k] for x in runs["ratchet"]) for k in
+         ("matmul_gflops", "model_gflop", "flop_util", "train_gflop_per_pair", "ref_gflop_per_pair")}
+    print(f"ratchet: {first['ratchet']['tokens_per_pair']:.1f} tokens per pair computed in training, "
+          f"{first['ratchet']['prompt_tokens_per_pair']:.1f} of them prompt; model GFLOP per pair "
+          f"{hw['train_gflop_per_pair']:.1f} training (3 x forward) + {hw['ref_gflop_per_pair']:.1f} reference; "
+          f"{hw['model_gflop'] / med['ratchet']['seconds']:.1f} GFLOP/s of a {hw['matmul_gflops']:.1f} GFLOP/s "
+          f"matrix-product limit at {first['ratchet']['threads']} thread(s) (medians)")
     speedup = med["ratchet"]["pairs_per_s"] / med["trl"]["pairs_per_s"]
     memory_ratio = med["ratchet"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
     absdiff = abs(first["ratchet"]["losses"][0] - first["trl"]["losses"][0])
-    print(f"train_vs_trl: speedup={speedup:.2f} memory_ratio={memory_ratio:.2f} loss_step1_absdiff={absdiff:.2e}")
+    print(f"train_vs_trl: speedup={speedup:.2f} memory_ratio={memory_ratio:.2f} loss_step1_absdiff={absdiff:.2e} "
+          f"flop_util={hw['flop_util']:.3f} prompt_tokens_per_pair={first['ratchet']['prompt_tokens_per_pair']:.1f}")
 
 
 if __name__ == "__main__":

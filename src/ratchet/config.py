@@ -392,6 +392,11 @@ class TrainConfig:
     INPO and SELM) or ``initial`` (the starting model, fixed for all rounds)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    share_prompt: bool = True
+    """Compute each prompt once per pair: an example's sequences packed as a prefix tree in one row
+    with a 4D attention mask (``train.batches.pack``; log-probs equal to one row per sequence, tested
+    to 1e-5). ``false``: one row per sequence; attention kernels without custom masks
+    (flash-attention) get that anyway."""
     checkpoint_every: int = 50
     """Optimizer steps between checkpoints (``<out>/checkpoints``, removed when training finishes),
     from which ``ratchet train --resume`` and a restarted loop continue; 0 disables them."""
@@ -570,6 +575,52 @@ class GateConfig:
     settable as the older top-level ``gate_tolerance``)."""
 
 
+EXECUTORS = ("local", "ray")
+"""Where the data-parallel stages run (``executor.name``); ``ratchet.loop.executor`` runs them."""
+
+
+@dataclass
+class ExecutorConfig:
+    """Where the loop's data-parallel stages run (``ratchet.loop.executor``, docs/scaling.md):
+    ``local`` in this process, ``ray`` split row-wise over Ray actors that each hold one replica of
+    the round's model, read from the round directory (shared storage), merged in row order into
+    the same files a local run writes. Checked here; the cluster is reached when the loop starts."""
+
+    def __post_init__(self) -> None:
+        if self.name not in EXECUTORS:
+            raise ConfigError(f"executor.name: expected one of {', '.join(EXECUTORS)}, got {self.name!r}")
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        if self.address not in ("auto", "local") and not (host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"executor.address: expected auto, local or HOST:PORT (a Ray head), got {self.address!r}")
+        _at_least("executor.workers", self.workers, 1)
+        _at_least("executor.cpus_per_worker", self.cpus_per_worker, 1)
+        _at_least("executor.gpus_per_worker", self.gpus_per_worker, 0)
+        _at_least("executor.train_workers", self.train_workers, 0)
+        if self.name == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("executor.name: ray needs the optional extra: pip install 'ratchet[ray]'")
+
+    name: str = "local"
+    """``local``: every stage in this process (as before this section existed); ``ray``: generate,
+    evaluate, self-score, the temperature probe and judging split over ``workers`` Ray actors."""
+    address: str = "auto"
+    """The Ray cluster: ``auto`` (the one ``ray start`` runs on this node), ``local`` (start one
+    inside this process, on this machine), or ``HOST:PORT`` of a head node (``ray://HOST:PORT``
+    for Ray Client). Unreachable: the loop stops at once, before any model loads."""
+    workers: int = 2
+    """Ray actors, each holding one model replica (one per GPU on a GPU cluster)."""
+    cpus_per_worker: int = 1
+    """CPUs reserved per actor, and its torch thread count (outputs repeat only at one thread count)."""
+    gpus_per_worker: float = 0.0
+    """GPUs reserved per actor (1 for one replica per GPU; 0 on CPU-only clusters)."""
+    train_workers: int = 0
+    """0: the train stage runs in the loop's own process, as without Ray. N: on N Ray Train workers
+    (``TorchTrainer``), DDP through accelerate, each with ``cpus_per_worker`` CPUs and
+    ``gpus_per_worker`` GPUs, across the cluster's nodes."""
+
+
 SEEDED_SECTIONS = ("task", "generate", "pair", "train")
 """The sections with a ``seed`` that the top-level ``seed`` sets (``section_seed``)."""
 
@@ -625,6 +676,8 @@ class RunConfig:
     revise: ReviseConfig = field(default_factory=ReviseConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    """Where the data-parallel stages run: this process or a Ray cluster (see ``ExecutorConfig``)."""
 
     def __post_init__(self) -> None:
         """Check the counts, fill in the task's default judge, then check the judges against it."""
@@ -651,6 +704,11 @@ class RunConfig:
         if self.revise.train_drafts and LOSSES[self.train.loss.name].data != "revision":
             raise ConfigError(f"revise.train_drafts: revision pairs train objectives on revision data (srpo, pit), "
                               f"not {self.train.loss.name!r}; set revise.train_drafts: 0")
+        for where, sampler in (("generate.sampler", self.generate.sampler),
+                               ("evaluate.sampler", self.evaluate.sampler)):
+            if self.executor.name == "ray" and sampler != "cached":  # its per-sample seeds make shards exact
+                raise ConfigError(f"{where}: executor.name: ray shards sampling with the cached sampler only, "
+                                  f"got {sampler!r}")
 
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

@@ -10,11 +10,14 @@ Two entry points:
 
 - ``completion_logps``: right-padded ``[B, T]`` sequences with a completion mask (one
   sequence per row; position t predicts token t + 1).
-- ``packed_logps``: rows that hold one prompt followed by several completions (a shared
-  prefix), described by explicit position ids, an attention mask (2D, or 4D when completions
-  in a row must not see each other) and, for every scored token, the flat index of the hidden
-  state that predicts it and the output slot it is summed into. ``train.batches.pack`` builds
-  these; this module knows nothing of pairs.
+- ``packed_logps``: rows that hold several sequences sharing their prefixes (a prompt computed
+  once for all its completions: a prefix tree laid out depth first), described by explicit
+  position ids (each token's position in its own sequences), an attention mask (2D, or 4D when
+  tokens in a row must see only their own sequence's earlier tokens) and, for every scored
+  token, the flat index of the hidden state that predicts it and the output slot it is summed
+  into. ``train.batches.pack`` builds these; this module knows nothing of pairs. Transformers
+  passes a 4D mask to the attention as is (``masking_utils``: a 4D mask is "already prepared"),
+  so the layers see the tree and nothing else.
 
 Supports models whose logits are ``lm_head(final_hidden)`` (Llama, Mistral, Qwen, SmolLM, ...).
 Imports torch only.

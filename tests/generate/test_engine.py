@@ -91,6 +91,20 @@ def test_same_seed_same_completions_whatever_the_batching(varied):
     assert all(len(set(t)) > 1 for t in texts), "the k samples of a prompt should differ"
 
 
+def test_a_shard_with_its_first_index_gives_the_wholes_samples(varied):
+    """Ray workers sample contiguous shards of a stage's prompts (loop.executor): prompt i of a
+    shard starting at ``first_index`` draws as prompt first_index + i of the whole."""
+    model, tokenizer = varied
+    params = SamplingParams(k=3, temperature=1.0, max_new_tokens=12, seed=5)
+    sampler = CachedSampler(model, tokenizer, batch_size=6, progress=False)
+    whole = [[s.text for s in samples] for samples in sampler.sample(PROMPTS, params)]
+    shards = [[s.text for s in samples] for start in (0, 2) for samples in
+              sampler.sample(PROMPTS[start:start + 2], params, first_index=start)]
+    unshifted = [[s.text for s in samples] for samples in sampler.sample(PROMPTS[2:], params)]
+    assert shards == whole[:4] and len(PROMPTS) >= 4
+    assert unshifted != whole[2:]  # without the index the shard would repeat prompt 0's draws
+
+
 def test_stop_string_cuts_and_matches_hf_sampler(varied):
     model, tokenizer = varied
     free = CachedSampler(model, tokenizer, progress=False).sample(
@@ -261,3 +275,26 @@ def test_cache_goes_under_the_name_forward_takes(varied, wrap):
         warnings.filterwarnings("error", message=".*past_key_values.* is deprecated")
         got = CachedSampler(model, tokenizer, batch_size=6, progress=False).sample(PROMPTS[:2], GREEDY_K3)
     assert [[s.text for s in row] for row in got] == [[s.text for s in row] for row in expected]
+
+
+def test_slot_cache_window_never_shows_unwritten_memory():
+    """The buffer is not zero-filled up front: every column that enters a row's window unwritten
+    (before a later, shorter prompt; in front, when a longer prompt widens the window) is zeroed,
+    since masked positions still enter attention with weight 0, and 0 x NaN = NaN."""
+    def prefill(prompts: int, width: int) -> DynamicCache:
+        cache = DynamicCache()
+        cache.update(torch.ones(prompts, 1, width, 1), torch.ones(prompts, 1, width, 1), layer_idx=0)
+        return cache
+
+    cache = SlotCache(prefill(2, 5), rows=8, capacity=12, origin=5)
+    cache.layers[0]._k.fill_(float("nan"))  # stands in for whatever the allocator hands out
+    cache.layers[0]._v.fill_(float("nan"))
+    cache.admit(prefill(2, 5), repeats=1)
+    cache.update(torch.ones(2, 1, 1, 1), torch.ones(2, 1, 1, 1), layer_idx=0)
+    cache.admit(prefill(1, 2), repeats=2)  # rows 2, 3: only their last 2 of 6 columns written
+    cache.crop_front(3)
+    cache.admit(prefill(1, 5), repeats=2)  # the window grows back to column 1 for rows 0-3
+    layer = cache.layers[0]
+    assert cache.window == (1, 6) and cache.used == 6
+    assert not layer.keys.isnan().any() and not layer.values.isnan().any()
+    assert layer.keys[2, 0, :, 0].tolist() == [0, 0, 0, 1, 1]

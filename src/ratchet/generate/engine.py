@@ -7,10 +7,14 @@ CPU. Compared with ``model.generate(num_return_sequences=k)`` (``HFSampler``), i
 - keeps the KV cache in one preallocated buffer, so appending a token writes in place
   (``DynamicCache`` concatenates the whole cache every step: 37% of a 64-row decode step of
   SmolLM2-135M on CPU);
-- drops finished rows at once, and admits the next prompts (in length order) into the freed rows,
-  so every step runs up to ``batch_size`` live rows (``generate`` runs every row of a batch until
-  its longest finishes, and a decode step's fixed cost, reading all weights, is paid per step);
-- checks stop strings on the decoded tail of each row only.
+- drops finished rows at once, and admits the next samples into the freed rows, one row each (a
+  prompt is prefilled when its first sample is admitted, in length order, and its cache waits for
+  the rest), so every step runs ``batch_size`` live rows until the queue is empty (``generate``
+  runs every row of a batch until its longest finishes, and a decode step's fixed cost, reading
+  all weights, is paid per step);
+- checks stop strings on the decoded tail of each row only;
+- runs Llama-family models through ``generate.lean`` (the same math without transformers' module
+  stack), other models through their own forward.
 
 Layout: all rows share one timeline of cache positions. A prompt admitted when the timeline ends
 at position ``end`` occupies [end - len, end); earlier positions of its row are masked out. The
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections import deque
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -35,6 +40,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from ratchet.generate.base import Messages, Sample, SamplingParams, encode_prompts
 from ratchet.generate.hf import cut_at_stop
+from ratchet.generate.lean import LeanStep, why_not_lean
 from ratchet.generate.stops import stop_token_ids
 
 
@@ -57,9 +63,10 @@ class SlotLayer(DynamicLayer):
         super().__init__()
         _, heads, _, dim = like.shape
         self.dtype, self.device, self.is_initialized = like.dtype, like.device, True
-        # Zeros, not empty: masked positions still enter attention with weight 0, and 0 * NaN = NaN.
-        self._k = like.new_zeros(rows, heads, capacity, dim)
-        self._v = like.new_zeros(rows, heads, capacity, dim)
+        # Not zero-filled (0.9 s for 64 rows of SmolLM2 here): ``admit`` zeroes what enters the window
+        # unwritten, since masked positions still enter attention with weight 0, and 0 * NaN = NaN.
+        self._k = like.new_empty(rows, heads, capacity, dim)
+        self._v = like.new_empty(rows, heads, capacity, dim)
         self.used, self.start, self.end = 0, origin, origin
         self._view()
 
@@ -78,12 +85,18 @@ class SlotLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.end - self.start
 
-    def admit(self, keys: torch.Tensor, values: torch.Tensor, repeats: int) -> None:
-        """Append ``repeats`` rows per prompt of a prefill cache, its last position at ``end - 1``."""
-        rows, width = keys.shape[0] * repeats, keys.shape[2]
-        self._k[self.used:self.used + rows, :, self.end - width:self.end] = keys.repeat_interleave(repeats, 0)
-        self._v[self.used:self.used + rows, :, self.end - width:self.end] = values.repeat_interleave(repeats, 0)
-        self.used, self.start = self.used + rows, min(self.start, self.end - width)
+    def admit(self, keys: torch.Tensor, values: torch.Tensor, repeats: int = 1,
+              index: torch.Tensor | None = None) -> None:
+        """Append ``repeats`` rows per prompt of a prefill cache (or its rows ``index``, in that
+        order), its last position at ``end - 1``."""
+        keys, values = (x.repeat_interleave(repeats, 0) if index is None else x[index] for x in (keys, values))
+        rows, width = keys.shape[0], keys.shape[2]
+        start, new = min(self.start, self.end - width), slice(self.used, self.used + rows)
+        for buffer, x in ((self._k, keys), (self._v, values)):
+            buffer[:self.used, :, start:self.start] = 0  # the window grows to the front for the rows there
+            buffer[new, :, start:self.end - width] = 0  # the new rows' columns before their prompt
+            buffer[new, :, self.end - width:self.end] = x
+        self.used, self.start = self.used + rows, start
         self._view()
 
     def move_rows(self, sources: torch.Tensor, targets: torch.Tensor, used: int) -> None:
@@ -123,9 +136,9 @@ class SlotCache(Cache):
     def window(self) -> tuple[int, int]:
         return self.layers[0].start, self.layers[0].end
 
-    def admit(self, prefilled: DynamicCache, repeats: int) -> None:
+    def admit(self, prefilled: DynamicCache, repeats: int = 1, index: torch.Tensor | None = None) -> None:
         for layer, new in zip(self.layers, prefilled.layers):
-            layer.admit(new.keys, new.values, repeats)
+            layer.admit(new.keys, new.values, repeats, index)
 
     def move_rows(self, sources: list[int], targets: list[int], used: int) -> None:
         device = self.layers[0].device
@@ -194,7 +207,8 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generators: list
     row's own generator, so a row's token never depends on the other rows' randomness."""
     if params.temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    probs = torch.softmax(logits.float() / params.temperature if params.temperature != 1 else logits, dim=-1,
+                          dtype=torch.float32)
     order = None
     if params.top_p < 1:
         probs, order = _nucleus(probs, params.top_p)
@@ -211,7 +225,8 @@ def invert_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.
     tokens within the chosen block: 7x faster here than a float64 cumsum over the vocabulary.
     Zero-probability tokens are never chosen."""
     rows, n = probs.shape
-    blocks = torch.nn.functional.pad(probs, (0, -n % block)).view(rows, -1, block)
+    padded = torch.nn.functional.pad(probs, (0, -n % block)) if n % block else probs  # pad copies: only if needed
+    blocks = padded.reshape(rows, -1, block)
     sums = blocks.sum(-1, dtype=torch.float64)
     block_cdf = sums.cumsum(-1)
     target = u * block_cdf[:, -1]
@@ -252,35 +267,39 @@ class _Batch:
     """The rows being decoded: cache, attention mask over the cache window, next position ids,
     next-token logits, and per row its (prompt, sample) pair, generator and tokens so far."""
 
-    def __init__(self, rows: int, capacity: int, origin: int, k: int, seed: int):
+    def __init__(self, rows: int, capacity: int, origin: int, k: int, seed: int, first_index: int = 0):
         self.rows, self.capacity, self.origin, self.k, self.seed = rows, capacity, origin, k, seed
+        self.first_index = first_index  # prompt i is seeded as prompt first_index + i (a shard of a stage)
         self.cache: SlotCache | None = None
         self.mask = self.positions = self.logits = None
         self.seqs: list[tuple[int, int]] = []
         self.generators: list[torch.Generator] = []
         self.tokens: list[list[int]] = []
+        self.decoded, self.contexts = 0, torch.zeros((), dtype=torch.long)  # rows run, sum of their contexts
 
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def admit(self, prompts: list[int], prefilled: DynamicCache, prompt_mask: torch.Tensor, logits: torch.Tensor):
-        """Add k rows per prompt of a prefill (its cache, left-padding mask and last logits)."""
+    def admit(self, rows: list[tuple[int, int, int]], prefilled: DynamicCache, prompt_mask: torch.Tensor,
+              logits: torch.Tensor):
+        """Add rows (prefill row, prompt, sample) of a prefill (its cache, left-padding mask and last logits)."""
         if self.cache is None:
             self.cache = SlotCache(prefilled, self.rows, self.capacity, self.origin)
             self.mask = prompt_mask.new_zeros(0, 0)
             self.positions, self.logits = prompt_mask.new_zeros(0), logits.new_zeros(0, logits.shape[-1])
+        index = torch.tensor([r for r, _, _ in rows], dtype=torch.long, device=logits.device)
         old_start, end = self.cache.window
-        self.cache.admit(prefilled, self.k)
+        self.cache.admit(prefilled, index=index)
         start, width = self.cache.window[0], end - self.cache.window[0]
-        new_mask = prompt_mask.new_zeros(len(prompts) * self.k, width)
-        new_mask[:, width - prompt_mask.shape[1]:] = prompt_mask.repeat_interleave(self.k, 0)
+        new_mask = prompt_mask.new_zeros(len(rows), width)
+        new_mask[:, width - prompt_mask.shape[1]:] = prompt_mask[index]
         old_mask = torch.nn.functional.pad(self.mask, (old_start - start, 0))
         self.mask = torch.cat([old_mask, new_mask])
-        self.positions = torch.cat([self.positions, prompt_mask.sum(1).repeat_interleave(self.k)])
-        self.logits = torch.cat([self.logits, logits.repeat_interleave(self.k, 0)])
-        self.seqs += [(i, j) for i in prompts for j in range(self.k)]
-        self.generators += [_generator(self.seed, i, j) for i, j in self.seqs[-len(prompts) * self.k:]]
-        self.tokens += [[] for _ in range(len(prompts) * self.k)]
+        self.positions = torch.cat([self.positions, prompt_mask.sum(1)[index]])
+        self.logits = torch.cat([self.logits, logits[index]])
+        self.seqs += [(i, j) for _, i, j in rows]
+        self.generators += [_generator(self.seed, self.first_index + i, j) for _, i, j in rows]
+        self.tokens += [[] for _ in rows]
 
     def drop(self, done: list[bool]) -> list[int]:
         """Remove finished rows; return the order of the rows kept (see ``drop_rows``)."""
@@ -298,68 +317,114 @@ class _Batch:
             self.mask = self.mask[:, unused:]
         return order
 
-    def forward(self, model, tokens: torch.Tensor, cache_kw: str) -> None:
-        """Run the rows' new tokens through the model; keep the logits for the next token."""
+    def forward(self, model, tokens: torch.Tensor, cache_kw: str, lean: LeanStep | None = None) -> None:
+        """Run the rows' new tokens through the model (its lean step where there is one); keep the
+        logits for the next token."""
         self.cache.make_room()
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=1)
-        self.logits = model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.positions[:, None],
-                            **{cache_kw: self.cache}, use_cache=True).logits[:, -1]
+        if lean is not None:
+            self.logits = lean(tokens, self.positions, self.mask, self.cache)
+        else:
+            self.logits = model(input_ids=tokens[:, None], attention_mask=self.mask,
+                                position_ids=self.positions[:, None], **{cache_kw: self.cache},
+                                use_cache=True).logits[:, -1]
+        # A row's new token attends to its own positions 0..p: context p + 1 (summed without a host sync).
+        self.decoded, self.contexts = self.decoded + len(tokens), self.contexts + self.positions.sum() + len(tokens)
         self.positions = self.positions + 1
+
+
+@dataclass
+class Work:
+    """What one ``sample`` call ran through the model, for FLOP counts (``benchmarks/machine.py``):
+    ``positions`` (prompt tokens prefilled, without padding, plus rows decoded) and their mean
+    context (positions each one attends to, itself included)."""
+
+    positions: int = 0
+    mean_context: float = 0.0
 
 
 class CachedSampler:
     """k completions per prompt: one prefill per prompt, in-place KV cache, rows refilled as they finish.
 
     ``batch_size`` counts sequences decoded together (at least k). Prompts are taken in length
-    order, as many as fit in the free rows, prefilled together. ``max_context`` defaults to the
-    model's ``max_position_embeddings``. Full-attention models only (no sliding-window layers).
+    order, as many as the free rows need, prefilled together; each free row takes one sample.
+    ``max_context`` defaults to the model's ``max_position_embeddings``. Full-attention models only
+    (no sliding-window layers). ``lean=False`` runs every step through the model's own forward.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, max_context: int | None = None,
-                 progress: bool = True):
+                 progress: bool = True, lean: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.cache_kw = cache_argument(model)  # once here: not a signature lookup per decode step
+        self.lean = lean  # False: every decode step through the model's own forward
+        self._lean_step: LeanStep | None = None
+        self.work = Work()  # of the last ``sample`` call
         self.batch_size = batch_size
         self.max_context = max_context or getattr(model.config, "max_position_embeddings", None)
         self.progress = progress
         self.stop_ids = frozenset(stop_token_ids(tokenizer, model))  # EOS and end of turn: see generate.stops
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def sample(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[Sample]]:
-        """Return, for each prompt in order, ``params.k`` samples."""
+    def sample(self, prompts: Sequence[Messages], params: SamplingParams, first_index: int = 0) -> list[list[Sample]]:
+        """Return, for each prompt in order, ``params.k`` samples. ``first_index``: the place of
+        ``prompts[0]`` in a larger call split across workers; completion j of prompt i draws from
+        the generator of (seed, first_index + i, j), so the shards together give the whole's samples."""
         encoded = encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.max_context)
+        self.work = Work()
         if not encoded:
             return []
         k, longest = params.k, max(len(ids) for ids in encoded)
         rows = max(self.batch_size, k)
         # Timeline: prompts end at or after `longest`; with 2 x max_new_tokens of room the window
         # (at most longest + max_new_tokens) always fits after make_room.
-        batch = _Batch(rows, longest + 2 * params.max_new_tokens, longest, k, params.seed)
+        batch = _Batch(rows, longest + 2 * params.max_new_tokens, longest, k, params.seed, first_index)
         queue = deque(sorted(range(len(encoded)), key=lambda i: len(encoded[i])))  # little padding
         out: list[list[Sample]] = [[None] * k for _ in prompts]
         bar = _Progress(len(prompts), k, self.progress)
+        lean = self._lean()
+        pending: deque[tuple[int, int, int]] = deque()  # (prefill row, prompt, sample) not admitted yet
         with torch.inference_mode():
-            while queue or len(batch):
-                fits = (rows - len(batch)) // k
-                if queue and fits:
-                    group = [queue.popleft() for _ in range(min(fits, len(queue)))]
-                    batch.admit(group, *self._prefill([encoded[i] for i in group]))
+            while queue or pending or len(batch):
+                while len(batch) < rows and (queue or pending):
+                    if not pending:  # prefill enough prompts for the free rows; their k samples wait their turn
+                        group = [queue.popleft() for _ in range(min(-(-(rows - len(batch)) // k), len(queue)))]
+                        prefilled = self._prefill([encoded[i] for i in group], lean)
+                        pending = deque((r, i, j) for r, i in enumerate(group) for j in range(k))
+                    batch.admit([pending.popleft() for _ in range(min(rows - len(batch), len(pending)))], *prefilled)
                 tokens = sample_tokens(batch.logits, params, batch.generators)
                 done = self._advance(batch, tokens.tolist(), params, out, bar)
                 if any(done):
                     tokens = tokens[torch.tensor(batch.drop(done), dtype=torch.long, device=tokens.device)]
                 if len(batch):
-                    batch.forward(self.model, tokens, self.cache_kw)
+                    batch.forward(self.model, tokens, self.cache_kw, lean)
         bar.close()
+        prompt_contexts = sum(len(ids) * (len(ids) + 1) // 2 for ids in encoded)  # 1 + 2 + ... + len
+        positions = sum(map(len, encoded)) + batch.decoded
+        self.work = Work(positions, (prompt_contexts + int(batch.contexts)) / positions)
         return out
 
-    def _prefill(self, prompts: list[list[int]]) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        """Left-padded forward over the prompts; returns their cache, padding mask, last logits."""
+    def _lean(self) -> LeanStep | None:
+        """The model's lean decode step (``generate.lean``), or None where its own forward must run;
+        asked at each ``sample``, since hooks or adapters may have come or gone since."""
+        if not self.lean or why_not_lean(self.model) is not None:
+            return None
+        if self._lean_step is None:
+            self._lean_step = LeanStep(self.model)
+        self._lean_step.pack()  # this call's weights (they may have been trained since the last one)
+        return self._lean_step
+
+    def _prefill(self, prompts: list[list[int]],
+                 lean: LeanStep | None) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """Left-padded forward over the prompts (the lean step's where there is one); returns their
+        cache, padding mask, last logits."""
         width = max(len(ids) for ids in prompts)
         device = self.model.device
         input_ids = torch.tensor([[self.pad] * (width - len(ids)) + ids for ids in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        if lean is not None:
+            cache, logits = lean.prefill(input_ids, mask, positions)
+            return cache, mask, logits
         cache = DynamicCache(config=self.model.config)
         # logits_to_keep=1: the LM head (vocab x hidden) runs on the last position only.
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,

@@ -56,6 +56,7 @@ from ratchet.loop.manifest import claim, run_stage, stage_seconds, watch
 from ratchet.loop.trackers import RoundLog
 from ratchet.losses import LOSSES
 from ratchet.loop.model_cache import ModelCache
+from ratchet.loop.executor import current_executor, stage_model, using
 from ratchet.loop import online_round
 from ratchet.models import resolve_model
 
@@ -92,16 +93,16 @@ def _evaluate_prompts(cfg: RunConfig, task, models: ModelCache, model_path: str,
     eval_key = {k: v for k, v in to_dict(cfg.evaluate).items() if k != "gate_on"}  # the gate's choice, not the answers'
     run_stage(round_dir, stage, {"evaluate": eval_key, "judge": to_dict(cfg.judge), "model": models.id(model_path),
                                  **extra}, [prompts], [out_dir / "metrics.json"],
-              lambda: evaluate(*models.get(model_path), prompts, out_dir, cfg.evaluate, cfg.judge, task=task,
-                               reference=reference, vllm=cfg.generate.vllm, progress=progress))
+              lambda: evaluate(*stage_model(models, model_path), prompts, out_dir, cfg.evaluate, cfg.judge,
+                               task=task, reference=reference, vllm=cfg.generate.vllm, progress=progress))
     metrics = json.loads((out_dir / "metrics.json").read_text())
     if cfg.revise.revisions:  # SRPO's inference: the answers revised N times, each step judged
         revise_key = {"revisions": cfg.revise.revisions, "template": cfg.revise.template}
         run_stage(round_dir, f"{stage}_revisions", {"revise": revise_key, "evaluate": eval_key,
                                                     "judge": to_dict(cfg.judge), "model": models.id(model_path)},
                   [out_dir / "answers.jsonl"], [out_dir / "revisions.json"],
-                  lambda: stages.revise_answers(*models.get(model_path), out_dir, cfg.revise, cfg.evaluate, cfg.judge,
-                                                task=task, vllm=cfg.generate.vllm, progress=progress))
+                  lambda: stages.revise_answers(*stage_model(models, model_path), out_dir, cfg.revise, cfg.evaluate,
+                                                cfg.judge, task=task, vllm=cfg.generate.vllm, progress=progress))
         revisions = json.loads((out_dir / "revisions.json").read_text())
         metrics.update({k: v for k, v in revisions.items() if k.startswith("revision_") and k != "revision_intervals"})
     return metrics
@@ -165,18 +166,18 @@ def run_offline_round(cfg: RunConfig, task, round_dir: Path, model_path: str, re
     p, c, j, pairs = (round_dir / f for f in ("prompts.jsonl", "completions.jsonl", "judgments.jsonl", "pairs.jsonl"))
     run_stage(round_dir, "prompts", {"task": to_dict(cfg.task), "data": task.fingerprint(), "round": r}, [], [p],
               lambda: stages.make_prompts(task, "train", p, cfg.task.train_prompts, round=r))
-    policy = lambda: models.get(model_path)  # noqa: E731  (for a judge that is the policy itself)
+    policy = lambda: stage_model(models, model_path)  # noqa: E731  (for a judge that is the policy itself)
     gen, probed = cfg.generate, None
     if gen.temperature_grid:  # B-STaR: this round's temperature from a probe of its first prompts
         probe = round_dir / "temperature"
         run_stage(round_dir, "temperature", {"generate": to_dict(gen), "judge": to_dict(cfg.judge),
                                              "model": models.id(model_path)}, [p], [probe / "temperature.json"],
-                  lambda: stages.probe_temperature(*models.get(model_path), p, probe, gen, cfg.judge, task=task,
-                                                   progress=progress))
+                  lambda: stages.probe_temperature(*stage_model(models, model_path), p, probe, gen, cfg.judge,
+                                                   task=task, progress=progress))
         probed = json.loads((probe / "temperature.json").read_text())
         gen = dataclasses.replace(gen, temperature=probed["temperature"])
     run_stage(round_dir, "generate", {"generate": to_dict(gen), "model": models.id(model_path)}, [p], [c],
-              lambda: stages.generate(*models.get(model_path), p, c, gen, task=task, progress=progress))
+              lambda: stages.generate(*stage_model(models, model_path), p, c, gen, task=task, progress=progress))
     judge_key = {"judge": to_dict(cfg.judge)} | ({"model": models.id(model_path)} if _uses_policy(cfg) else {})
     run_stage(round_dir, "judge", judge_key, [c], [j],
               lambda: stages.judge(c, j, cfg.judge, policy=policy, progress=progress))
@@ -184,7 +185,8 @@ def run_offline_round(cfg: RunConfig, task, round_dir: Path, model_path: str, re
     if LOSSES[cfg.train.loss.name].data == "sft" and SELECTIONS[cfg.pair.selection].self_scored:
         scores = round_dir / "self_scores.jsonl"  # SFT-sharpening: log pi(y|x) under the sampling model
         run_stage(round_dir, "self_score", {"model": models.id(model_path)}, [c], [scores],
-                  lambda: stages.self_score(*models.get(model_path), c, scores, batch_size=gen.batch_size))
+                  lambda: stages.self_score(*stage_model(models, model_path), c, scores,
+                                            batch_size=gen.batch_size))
     run_stage(round_dir, "pair", {"pair": to_dict(cfg.pair), "loss": cfg.train.loss.name},
               [c, j] + ([scores] if scores else []), [pairs],
               lambda: stages.pair(c, j, pairs, cfg.pair, loss=cfg.train.loss.name, self_scores=scores))
@@ -211,13 +213,17 @@ def run_offline_round(cfg: RunConfig, task, round_dir: Path, model_path: str, re
 
     def train_model():
         claim(train_dir, key)  # a training killed under this same recipe resumes from its last checkpoint
-        reference = None if reference_path == model_path else models.load(reference_path).model
-        anchor = None if anchor_path in (None, model_path) else models.load(anchor_path).model
+        options = dict(reference_id=json.dumps(models.id(reference_path)),
+                       anchor_id=json.dumps(models.id(anchor_path or model_path)),
+                       revision_template=cfg.revise.template, resume=True, report_to=cfg.log.report_to,
+                       progress=progress)
+        reference = None if reference_path == model_path else reference_path
+        anchor = None if anchor_path in (None, model_path) else anchor_path
+        if current_executor().train(model_path, reference, anchor, pairs, train_dir, cfg.train, **options):
+            return  # executor.train_workers: trained by Ray Train's workers (DDP through accelerate)
+        reference, anchor = (path and models.load(path).model for path in (reference, anchor))
         stages.train_model(*models.get(model_path), pairs, train_dir, cfg.train, reference_model=reference,
-                           reference_id=json.dumps(models.id(reference_path)), anchor_model=anchor,
-                           anchor_id=json.dumps(models.id(anchor_path or model_path)),
-                           revision_template=cfg.revise.template, resume=True, report_to=cfg.log.report_to,
-                           progress=progress)
+                           anchor_model=anchor, **options)
         models.forget()  # the object in memory is now the trained model, not model_path's
 
     key = {"train": to_dict(cfg.train), "model": models.id(model_path), "reference": models.id(reference_path)}
@@ -244,7 +250,7 @@ def _revision_pairs(cfg: RunConfig, task, round_dir: Path, model_path: str, mode
                                                     "pairs_with_revisions.jsonl"))
     run_stage(round_dir, "revise_samples", {"train_drafts": cfg.revise.train_drafts, "template": cfg.revise.template,
                                             "generate": to_dict(gen), "model": models.id(model_path)}, [c], [revised],
-              lambda: stages.revise_samples(*models.get(model_path), c, revised, cfg.revise, gen, task=task,
+              lambda: stages.revise_samples(*stage_model(models, model_path), c, revised, cfg.revise, gen, task=task,
                                             progress=progress))
     judge_key = {"judge": to_dict(cfg.judge)} | ({"model": models.id(model_path)} if _uses_policy(cfg) else {})
     run_stage(round_dir, "judge_revisions", judge_key, [revised], [judged],
@@ -320,7 +326,8 @@ def repeat_hashes(run_dir: Path) -> dict[str, str]:
 
 def run_loop(cfg: RunConfig, *, progress: bool = True) -> dict:
     status = LoopStatus(cfg.rounds, enabled=progress)
-    with watch(status.stage):
+    # executor ray: the cluster is reached here, before any model loads (docs/scaling.md)
+    with watch(status.stage), using(cfg.executor, cfg.model.load_options()):
         return _run_loop(cfg, status, progress=progress)
 
 

@@ -27,6 +27,7 @@ from ratchet.generate.base import PromptTooLongError, SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.generate.hf import HFSampler
 from ratchet.judge import build_judge, judge_metric
+from ratchet.loop.executor import Replicas, current_executor
 from ratchet.tasks import BUILTIN, Task, load_task
 
 
@@ -47,7 +48,10 @@ def open_sampler(name: str, model, tokenizer, *, batch_size: int, progress: bool
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
     extra = (vllm or {}) if name == "vllm" else {}
-    sampler = SAMPLERS[name](model, tokenizer, batch_size=batch_size, progress=progress, **extra)
+    if isinstance(model, Replicas):  # executor ray: the rows split over the actors holding the model
+        sampler = model.sampler(batch_size=batch_size, progress=progress)
+    else:
+        sampler = SAMPLERS[name](model, tokenizer, batch_size=batch_size, progress=progress, **extra)
     try:
         yield sampler
     finally:
@@ -152,21 +156,30 @@ def judge(completions: Path, out: Path, cfg: JudgeConfig, *, policy=None, progre
     """Every completion scored by ``cfg``'s judge; ``policy`` () -> (model, tokenizer) for a judge that
     is the policy itself (``llm`` with ``model: policy``). A row the judge cannot read (no answer to
     compare with, say) is a ``JudgeInputError`` naming ``source`` (default: ``completions``) and its id."""
+    rows = read_jsonl(completions, required=("id", "completions"), check=completions_problem, empty_ok=False)
+    executor = current_executor()
+    if executor.distributed:  # executor ray: rows judged by Ray tasks, or by the actors holding the policy
+        return write_jsonl(out, executor.judge(rows, cfg, policy=policy, source=str(source or completions)))
+    return write_jsonl(out, judge_rows(rows, cfg, policy=policy, progress=progress, source=source or completions))
+
+
+def judge_rows(rows: list[dict], cfg: JudgeConfig, *, policy=None, progress: bool = False, source=None) -> list[dict]:
+    """``judge``'s output rows for ``rows`` (each row is judged alone, so any split of the rows
+    judged apart and put back in order gives the same list)."""
     from tqdm.auto import tqdm
 
     from ratchet.judge.base import JudgeInputError
 
-    rows = read_jsonl(completions, required=("id", "completions"), check=completions_problem, empty_ok=False)
     judge_ = build_judge(cfg.name, cfg.params, policy=policy)
     out_rows = []
     for row in tqdm(rows, desc="judging", unit="prompt", disable=not progress):
         try:
             verdicts = judge_.judge(row, [c["text"] for c in row["completions"]])
         except JudgeInputError as e:  # the judge names the prompt; this, the file it came from
-            raise JudgeInputError(f"{source or completions}: {e}") from None
+            raise JudgeInputError(f"{source}: {e}") from None
         out_rows.append({"id": row["id"], "scores": [v.score for v in verdicts],
                          "correct": [v.correct for v in verdicts], "details": [v.detail for v in verdicts]})
-    return write_jsonl(out, out_rows)
+    return out_rows
 
 
 def pair(completions: Path, judgments: Path, out: Path, cfg: PairConfig, *, loss: str = "dpo",
@@ -239,7 +252,8 @@ def self_score(model, tokenizer, completions: Path, out: Path, *, batch_size: in
                       empty_ok=False)
     items = [(r["messages"], c["text"], is_complete(c)) for r in rows
              for c in r["completions"]]
-    scored = iter(sequence_logprobs(model, tokenizer, items, batch_size=batch_size))
+    scored = iter(model.sequence_logprobs(items, batch_size=batch_size) if isinstance(model, Replicas)
+                  else sequence_logprobs(model, tokenizer, items, batch_size=batch_size))
     out_rows = []
     for r in rows:
         got = [next(scored) for _ in r["completions"]]
@@ -291,7 +305,8 @@ def _train_pairs(model, tokenizer, pairs: Path, out_dir: Path, cfg: TrainConfig,
     return train_offline(model, tokenizer, pairs, out_dir, loss=cfg.loss.name, loss_params=cfg.loss.params, lr=cfg.lr,
                       epochs=cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                       max_length=cfg.max_length, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every, **kwargs)
+                      max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                      share_prompt=cfg.share_prompt, **kwargs)
 
 
 def revise(model, tokenizer, prompts: Path, out: Path, cfg: ReviseConfig, eval_cfg: EvalConfig, *,

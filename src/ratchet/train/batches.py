@@ -13,9 +13,11 @@ are counted, never silent.
 
 An example holds named sequences, each a prompt plus a completion: ``chosen`` and ``rejected``
 always, and whatever else the objective reads (``SEQUENCES`` says where each comes from in a
-pairs row). ``pack`` lays a batch out for one forward: with ``share_prompt`` the prompt is
-encoded once per row and every completion of that prompt follows it, attending to the prompt
-and to itself only (a 4D mask); without it, every sequence is its own right-padded row.
+pairs row). ``pack`` lays a batch out for one forward: with ``share_prompt`` an example's
+sequences form one row, a prefix tree in which every token prefix they share (the prompt of all
+of them, the common head of SRPO's revision prompts) is computed once and each token attends to
+its own sequence's earlier tokens only (a 4D mask); without it, every sequence is its own
+right-padded row.
 
 ``epoch_batches`` and ``split_step`` turn examples into optimizer steps: a global batch of
 ``batch_size * grad_accum * num_processes`` pairs per step, cut into the same number of
@@ -320,8 +322,16 @@ class PackedBatch:
     num_seqs: int
     lengths: torch.Tensor
     """[num_seqs] completion tokens of each sequence."""
-    tokens: int
-    """Real (non-padding) tokens in the batch."""
+    real: torch.Tensor
+    """[R, T] bool: True at a token, False at padding. A token at position ``position_ids[r, t]``
+    attends to that many earlier tokens and itself (the model-FLOP count of ``benchmarks/``)."""
+    prompt_tokens: int
+    """Tokens computed that no sequence scores (prompts; with ``share_prompt`` each distinct one once)."""
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        return int(self.real.sum())
 
     def model_inputs(self, device) -> dict:
         return {"input_ids": self.input_ids.to(device), "position_ids": self.position_ids.to(device),
@@ -329,57 +339,111 @@ class PackedBatch:
                 "labels": self.labels.to(device), "seq_index": self.seq_index.to(device), "num_seqs": self.num_seqs}
 
 
+@dataclass
+class _Row:
+    """One packed row under construction: a forest of token prefixes laid out depth first."""
+
+    ids: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    """Position id of each node: its distance from the root of its tree."""
+    end: list[int] = field(default_factory=list)
+    """One past the last node of each node's subtree (preorder: a node's descendants follow it)."""
+    scored: list[bool] = field(default_factory=list)
+    """Whether some sequence scores the token at this node (a completion token)."""
+
+
+def _prefix_tree(seqs: list[tuple[list[int], int]]) -> tuple[_Row, list[list[int]]]:
+    """The token sequences ``(ids, prompt length)`` of one example as a prefix tree (a trie): every
+    distinct prefix is one node, so a prompt several sequences share, and the start two answers
+    share, are computed once. Returns the row, laid out in depth-first preorder, and each
+    sequence's path (the row index of its t-th token)."""
+    children: list[dict[int, int]] = [{}]  # node 0 is a virtual root above the first tokens
+    token, scored, paths = [-1], [False], []
+    for ids, p in seqs:
+        node, path = 0, []
+        for t, tok in enumerate(ids):
+            nxt = children[node].get(tok)
+            if nxt is None:
+                nxt = children[node][tok] = len(token)
+                children.append({})
+                token.append(tok)
+                scored.append(False)
+            scored[nxt] |= t >= p
+            node = nxt
+            path.append(nxt)
+        paths.append(path)
+    row, where = _Row(), {}
+    stack = [(child, 0) for child in reversed(children[0].values())]
+    while stack:  # preorder, children in insertion order (the order of ``seqs``)
+        node, depth = stack.pop()
+        if node < 0:  # the subtree of ~node is complete
+            row.end[where[~node]] = len(row.ids)
+            continue
+        where[node] = len(row.ids)
+        row.ids.append(token[node])
+        row.depth.append(depth)
+        row.end.append(0)
+        row.scored.append(scored[node])
+        stack.append((~node, depth))
+        stack += [(child, depth + 1) for child in reversed(children[node].values())]
+    return row, [[where[n] for n in path] for path in paths]
+
+
 def pack(examples: list[PairExample], names: tuple[str, ...], pad_id: int, *, share_prompt: bool) -> PackedBatch:
     """Rows for one forward over sequences ``names`` of every example.
 
-    Output slot ``k * len(examples) + b`` holds sequence ``names[k]`` of example ``b``. With
-    ``share_prompt``, sequences of an example with the same prompt go in one row: prompt, then
-    each completion with positions restarting after the prompt; a 4D mask lets a completion
-    see the prompt and itself only. The first completion token is predicted by the last prompt
-    token, as in an unshared row."""
+    Output slot ``k * len(examples) + b`` holds sequence ``names[k]`` of example ``b``.
+
+    With ``share_prompt`` the sequences of one example go in one row as a prefix tree
+    (``_prefix_tree``): the tokens several sequences begin with are computed once (the prompt of
+    chosen and rejected; the chat header, the question and the template of SRPO's revision prompts;
+    the start two answers share), each token at its position in its own sequences, attending to its
+    ancestors and itself only (a 4D mask). Every hidden state thus sees exactly the context it has
+    in an unshared row, and the last prompt token predicts the first answer token of every answer.
+    Without it every sequence is its own right-padded row with a 2D mask (any attention kernel)."""
     rows, src, labels, slot, lengths = [], [], [], [], [0] * (len(names) * len(examples))
     for b, ex in enumerate(examples):
-        groups: dict[tuple, list[int]] = {}
-        for k, name in enumerate(names):
-            seq = ex.sequence(name)
-            p = len(seq.input_ids) - seq.num_completion_tokens
-            groups.setdefault(tuple(seq.input_ids[:p]) if share_prompt else (k,), []).append(k)
-        for ks in groups.values():
-            first = ex.sequence(names[ks[0]])
-            p = len(first.input_ids) - first.num_completion_tokens
-            ids, pos, seg = list(first.input_ids[:p]), list(range(p)), [0] * p
-            for j, k in enumerate(ks, start=1):
-                comp = ex.sequence(names[k]).input_ids[p:]
-                out, start = k * len(examples) + b, len(ids)
-                for i, tok in enumerate(comp):
-                    src.append((len(rows), p - 1 if i == 0 else start + i - 1))
-                    labels.append(tok)
+        seqs = [ex.sequence(name) for name in names]
+        cut = [len(s.input_ids) - s.num_completion_tokens for s in seqs]
+        if min(cut) < 1:  # the first answer token is predicted by the last prompt token
+            raise ValueError(f"row {ex.row}: a sequence without prompt tokens cannot be scored")
+        groups = [list(range(len(names)))] if share_prompt else [[k] for k in range(len(names))]
+        for ks in groups:
+            row, paths = _prefix_tree([(seqs[k].input_ids, cut[k]) for k in ks])
+            for k, path in zip(ks, paths):
+                out, ids = k * len(examples) + b, seqs[k].input_ids
+                for t in range(cut[k], len(ids)):  # token t is predicted by the hidden state of token t - 1
+                    src.append((len(rows), path[t - 1]))
+                    labels.append(ids[t])
                     slot.append(out)
-                lengths[out] = len(comp)
-                ids += comp
-                pos += range(p, p + len(comp))
-                seg += [j] * len(comp)
-            rows.append((ids, pos, seg))
-    width = max(len(r[0]) for r in rows)
+                lengths[out] = len(ids) - cut[k]
+            rows.append(row)
+    return _tensors(rows, src, labels, slot, lengths, pad_id, tree_mask=share_prompt)
+
+
+def _tensors(rows: list[_Row], src, labels, slot, lengths, pad_id: int, *, tree_mask: bool) -> PackedBatch:
+    """Right-padded [R, T] tensors of ``rows``; the 4D ancestor mask with ``tree_mask``, else 2D."""
+    width = max(len(r.ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    segments = torch.full((len(rows), width), -1, dtype=torch.long)
-    for r, (ids, pos, seg) in enumerate(rows):
-        input_ids[r, :len(ids)] = torch.tensor(ids)
-        position_ids[r, :len(ids)] = torch.tensor(pos)
-        segments[r, :len(ids)] = torch.tensor(seg)
-    if share_prompt:
-        q, k = segments[:, :, None], segments[:, None, :]
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        # a key is visible if it is earlier, real, and prompt or the query's own completion;
-        # padding queries see the prompt, so no row of the mask is empty
-        mask = (causal & (k >= 0) & ((k == 0) | (k == q)))[:, None]  # [R, 1, T, T]
+    end = torch.arange(width).repeat(len(rows), 1)  # padding: an empty subtree, never a visible key
+    for r, row in enumerate(rows):
+        n = len(row.ids)
+        input_ids[r, :n], position_ids[r, :n], end[r, :n] = (torch.tensor(v) for v in (row.ids, row.depth, row.end))
+    real = end > torch.arange(width)  # every node's subtree holds at least itself
+    if tree_mask:
+        q, k = torch.arange(width)[:, None], torch.arange(width)[None, :]
+        # key k is visible from query q iff k is q or an ancestor of q: k <= q < end[k] (preorder)
+        mask = (k <= q) & (q < end[:, None, :])  # [R, T, T]
+        mask[:, :, 0] |= ~real  # a padding query sees the row's first token: no row of the mask is empty
+        mask = mask[:, None]  # [R, 1, T, T]
     else:
-        mask = (segments >= 0).long()  # [R, T]
+        mask = real.long()  # [R, T]
+    prompt = sum(len(r.ids) - sum(r.scored) for r in rows)
     flat = torch.tensor([r * width + t for r, t in src], dtype=torch.long)
     return PackedBatch(input_ids, position_ids, mask, flat, torch.tensor(labels, dtype=torch.long),
-                       torch.tensor(slot, dtype=torch.long), len(names) * len(examples),
-                       torch.tensor(lengths, dtype=torch.long), int((segments >= 0).sum()))
+                       torch.tensor(slot, dtype=torch.long), len(lengths),
+                       torch.tensor(lengths, dtype=torch.long), real, prompt)
 
 
 # ------------------------------------------------- unshared [B, T] batches (kept for simple uses)

@@ -84,7 +84,7 @@ def _class_weights(loss: str, fmt: str, rows: list[dict], params: dict) -> dict:
 
 
 def _precompute(model, examples, pairs_path: Path, accelerator, *, prefix: str, model_id: str, names, max_length,
-                pad: int, batch_size: int, progress: bool) -> dict[str, torch.Tensor]:
+                pad: int, batch_size: int, progress: bool, share_prompt: bool = True) -> dict[str, torch.Tensor]:
     """Reference (or anchor) log-probs of ``names``, cached beside the pairs file."""
     if not names:
         return {}
@@ -92,7 +92,7 @@ def _precompute(model, examples, pairs_path: Path, accelerator, *, prefix: str, 
     model.to(accelerator.device)
     return reference_logps(model, examples, pairs_path.with_name(f"{pairs_path.name}.{prefix}-{key}.safetensors"),
                            accelerator, pad_id=pad, batch_size=batch_size, names=names, prefix=prefix,
-                           progress=progress)
+                           progress=progress, share_prompt=None if share_prompt else False)
 
 
 def _accumulate(accelerator, policy, objective, plan: Step, examples, precomputed) -> StepMetrics:
@@ -158,7 +158,7 @@ def train_offline(model, tokenizer, pairs_path: str | Path, out_dir: str | Path,
     # ---- reference log-probs, once per dataset (the policy before any update is the default)
     cached = functools.partial(_precompute, examples=examples, pairs_path=pairs_path, accelerator=accelerator,
                                max_length=max_length, pad=pad, batch_size=ref_batch_size or 2 * batch_size,
-                               progress=progress)
+                               progress=progress, share_prompt=share_prompt)
     precomputed = cached(reference_model or model, prefix="ref", model_id=reference_id, names=need.reference)
     precomputed |= cached(anchor_model, prefix="anchor", model_id=anchor_id, names=need.anchor)
 

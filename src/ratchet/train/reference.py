@@ -61,7 +61,9 @@ def compute_reference_logps(model, examples: list[PairExample], pad_id: int, bat
                             progress: bool = True, *, names: tuple[str, ...] = ("chosen", "rejected"),
                             prefix: str = "ref", share_prompt: bool | None = None,
                             autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
-    """``{f"{prefix}_{name}_logps": [len(examples)]}`` under ``model`` (adapter disabled for PEFT)."""
+    """``{f"{prefix}_{name}_logps": [len(examples)]}`` under ``model`` (adapter disabled for PEFT).
+    ``share_prompt`` (default: wherever the attention takes a 4D mask) packs each example's
+    sequences as one prefix tree (``batches.pack``), so each prompt is computed once."""
     share_prompt = supports_4d_mask(model) if share_prompt is None else share_prompt
     device = next(model.parameters()).device
     was_training = model.training
@@ -102,9 +104,12 @@ def _load(path: Path, examples: list[PairExample]) -> dict[str, torch.Tensor] | 
 
 
 def reference_logps(model, examples: list[PairExample], path: Path, accelerator, *, pad_id: int, batch_size: int,
-                    names: tuple[str, ...], prefix: str = "ref", progress: bool = True) -> dict[str, torch.Tensor]:
+                    names: tuple[str, ...], prefix: str = "ref", progress: bool = True,
+                    share_prompt: bool | None = None) -> dict[str, torch.Tensor]:
     """Load the cached log-probs at ``path`` or compute them, each process one shard, and save
-    the gathered result atomically (main process). Returns them in ``examples`` order."""
+    the gathered result atomically (main process). Returns them in ``examples`` order.
+    ``share_prompt``: as in ``compute_reference_logps`` (the values do not depend on it, so it
+    is not part of the cache key)."""
     cached = _load(path, examples)
     if cached is not None:
         return cached
@@ -113,7 +118,8 @@ def reference_logps(model, examples: list[PairExample], path: Path, accelerator,
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = examples[rank::world]
     values = compute_reference_logps(model, mine, pad_id, batch_size, progress and accelerator.is_main_process,
-                                     names=names, prefix=prefix, autocast=accelerator.autocast) if mine else {}
+                                     names=names, prefix=prefix, share_prompt=share_prompt,
+                                     autocast=accelerator.autocast) if mine else {}
     shard = [(e.row, {k: float(v[i]) for k, v in values.items()}) for i, e in enumerate(mine)]
     by_row = dict(gather_object(shard) if world > 1 else shard)
     keys = [f"{prefix}_{name}_logps" for name in names]

@@ -1,0 +1,109 @@
+"""Benchmark: sampling throughput with ``executor: ray`` (1 and 2 Ray workers) against the local sampler.
+
+SmolLM2-135M-Instruct on CPU, arithmetic prompts, k samples each (the prompts, sampling and stop
+strings of ``benchmarks/generate_vs_hf.py``). Three ways to sample the same prompts with the same
+seed, every one at one torch thread per process:
+
+- ``local``: ``CachedSampler`` in this process (what ``executor: local`` runs);
+- ``ray1`` / ``ray2``: ``loop.executor.RaySampler`` over 1 or 2 Ray actors (``ray_worker.Replica``),
+  each sampling a contiguous shard of the prompts with the stage's own per-sample seeds.
+
+The three run side by side in each repetition, in a rotating order, because the CPU is shared and
+its speed drifts; throughput is kept tokens per second (after cutting at a stop string or EOS), and
+the speedup is the median over repetitions of ray2's throughput over local's. The actors load the
+model and sample once before the first repetition, so no timing includes a model load or a process
+start. The local Ray cluster is started here with workers + 1 logical CPUs, so the 1-worker and
+the 2-worker actors exist together (only one of them works at a time).
+
+    python benchmarks/ray_scaling.py [--reps 3] [--prompts 32] [--k 8] [--max-new-tokens 96]
+
+A speedup near 2 needs two idle cores: on a machine where another job holds a core, ray2 gets one.
+
+Last line: ``ray_scaling: workers=2 speedup=<x> identical=<true|false>`` (identical: ray2's
+completions equal local's in every repetition: text, finish reason, token count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+
+import torch
+
+from ratchet.config import ExecutorConfig
+from ratchet.data import arithmetic
+from ratchet.generate.base import SamplingParams
+from ratchet.generate.engine import CachedSampler
+from ratchet.loop.executor import RayExecutor
+from ratchet.models import load_model
+
+STOP = getattr(arithmetic, "STOP", ("\n\n",))
+
+
+def run(sampler, prompts, params) -> tuple[float, int, list]:
+    start = time.perf_counter()
+    out = sampler.sample(prompts, params)
+    seconds = time.perf_counter() - start
+    samples = [s for per_prompt in out for s in per_prompt]
+    assert len(samples) == len(prompts) * params.k
+    return seconds, sum(s.num_tokens for s in samples), [[dataclasses.asdict(s) for s in ss] for ss in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences decoded together, in every sampler")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="the larger Ray pool (the smaller has 1)")
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"  # the Ray workers' processes inherit it
+    torch.set_num_threads(1)
+    import ray
+
+    ray.init(num_cpus=args.workers + 1, include_dashboard=False, logging_level="ERROR")
+    model, tokenizer = load_model(args.model)
+    prompts = [p["messages"] for p in arithmetic.make_problems(args.prompts, split="train", seed=0)]
+    samplers = {"local": CachedSampler(model, tokenizer, batch_size=args.batch_size, progress=False)}
+    executors = {}
+    for n in (1, args.workers):
+        executors[n] = RayExecutor(ExecutorConfig(name="ray", workers=n), {})
+        samplers[f"ray{n}"] = executors[n].model(None, args.model)[0].sampler(batch_size=args.batch_size,
+                                                                               progress=False)
+        samplers[f"ray{n}"].sample(prompts[:n], SamplingParams(k=1, max_new_tokens=2))  # load the model, warm up
+    print(f"model={args.model} prompts={args.prompts} k={args.k} temperature={args.temperature} "
+          f"max_new_tokens={args.max_new_tokens} stop={STOP!r} batch_size={args.batch_size} threads=1 per process "
+          f"cores={os.cpu_count()}", flush=True)
+
+    names, speedups, ray1_ratios, identical = list(samplers), [], [], True
+    for rep in range(args.reps):
+        params = SamplingParams(k=args.k, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                stop=STOP, seed=rep)
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        result = {name: run(samplers[name], prompts, params) for name in order}
+        tps = {name: tokens / seconds for name, (seconds, tokens, _) in result.items()}
+        speedups.append(tps[f"ray{args.workers}"] / tps["local"])
+        ray1_ratios.append(tps["ray1"] / tps["local"])
+        same = result[f"ray{args.workers}"][2] == result["local"][2]
+        identical = identical and same
+        print(f"rep {rep + 1} (order {', '.join(order)}): "
+              + " | ".join(f"{name} {result[name][0]:.1f} s, {result[name][1]} tokens, {tps[name]:.1f} tok/s"
+                           for name in names)
+              + f" | ray{args.workers}/local {speedups[-1]:.2f}, ray1/local {ray1_ratios[-1]:.2f}, identical {same}",
+              flush=True)
+    for executor in executors.values():
+        executor.close()
+    ray.shutdown()
+    print(f"median ray1/local: {statistics.median(ray1_ratios):.2f} (the cost of sampling in a Ray actor)")
+    print(f"ray_scaling: workers={args.workers} speedup={statistics.median(speedups):.2f} "
+          f"identical={str(identical).lower()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -126,15 +126,21 @@ def profile(sampler, prompts, params, module=engine) -> None:
               + f" | {python:.1f} |")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def sampling_arguments(description: str) -> argparse.ArgumentParser:
+    """The model, prompts and sampling settings this benchmark and ``ray_scaling.py`` share."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--batch-size", type=int, default=64, help="sequences decoded together, both samplers")
+    ap.add_argument("--batch-size", type=int, default=64, help="sequences decoded together, in every sampler")
     ap.add_argument("--reps", type=int, default=3)
+    return ap
+
+
+def main() -> None:
+    ap = sampling_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads; 0: torch's default")
     ap.add_argument("--profile", action="store_true", help="then profile one more ratchet run and print the tables")
     args = ap.parse_args()

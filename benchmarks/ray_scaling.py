@@ -25,7 +25,6 @@ completions equal local's in every repetition: text, finish reason, token count)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import statistics
@@ -33,14 +32,13 @@ import time
 
 import torch
 
+from generate_vs_hf import STOP, sampling_arguments  # benchmarks/ is the script's directory, on sys.path
 from ratchet.config import ExecutorConfig
 from ratchet.data import arithmetic
 from ratchet.generate.base import SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.loop.executor import RayExecutor
 from ratchet.models import load_model
-
-STOP = getattr(arithmetic, "STOP", ("\n\n",))
 
 
 def run(sampler, prompts, params) -> tuple[float, int, list]:
@@ -53,14 +51,7 @@ def run(sampler, prompts, params) -> tuple[float, int, list]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--batch-size", type=int, default=64, help="sequences decoded together, in every sampler")
-    ap.add_argument("--reps", type=int, default=3)
+    ap = sampling_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2, help="the larger Ray pool (the smaller has 1)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # the Ray workers' processes inherit it

@@ -30,13 +30,7 @@ PROMPT = [[{"role": "user", "content": "hi"}]]
 GREEDY = SamplingParams(k=1, temperature=0.0, max_new_tokens=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads; on a shared CPU they can be much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def turn_tokenizer():

@@ -18,14 +18,7 @@ PROMPTS = [[{"role": "user", "content": text}] for text in
 GREEDY_K3 = SamplingParams(k=3, temperature=1.0, top_p=1e-9, max_new_tokens=24)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared 2-core CPU two OpenMP threads can
-    make them 100x slower (measured: 5.5 s against 0.03 s for one sampling call)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ PROMPTS = [[{"role": "user", "content": text}] for text in
            ["hi", "What is 2 + 2? Think step by step.", "Name three colours.", "ok " * 12]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _widen(model, seed: int = 0):

@@ -5,20 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
+from conftest import one_thread  # noqa: F401 (re-exported: the train tests import it from here)
 
 from ratchet.data.records import write_jsonl
 from ratchet.train.offline import train_offline
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy shared CPU makes OpenMP waits costly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def pair_rows(n: int) -> list[dict]:

@@ -111,11 +111,25 @@ def connect(cfg: ExecutorConfig) -> bool:
         except OSError as e:
             raise ConfigError(f"executor.address: no Ray head answers at {cfg.address} ({e})") from None
     try:
-        ray.init(address=cfg.address, **options)
+        with _native_stderr_quiet():  # Ray's C++ client logs each failed attempt to join there
+            ray.init(address=cfg.address, **options)
     except (ConnectionError, RuntimeError, TimeoutError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"executor.address: cannot join the Ray cluster at {cfg.address}: {first}") from None
     return False
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """File descriptor 2 sent to /dev/null for the body (C++ logging bypasses Python's sys.stderr)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _fits(cfg: ExecutorConfig) -> None:

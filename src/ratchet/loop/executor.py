@@ -9,7 +9,8 @@ order, so they write the files a local run writes, byte for byte:
   (``round_<r>/train/model``) on storage every node sees, so weights need no sync of their own; an
   actor loads the next round's model when a call names it. Prompts are split into contiguous
   shards, one per actor; prompt i keeps the seed of its index in the whole stage
-  (``CachedSampler.sample(..., first_index=offset)``). Log-probs go by whole local batches (``Replica.logprob_batches``).
+  (``CachedSampler.sample(..., first_index=offset)``). Log-probs go by whole local batches
+  (``Replica.logprob_batches``).
 - judging goes to Ray tasks, a judge (and so a code sandbox) per task, one row per task for judges
   that run code and ``workers`` chunks of rows for the others; when the actors hold every CPU of the
   cluster (a small one) the idle actors take those calls instead, a judge per call all the same. A

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import one_thread  # noqa: F401 (re-exported: the train tests import it from here)
-
 from ratchet.data.records import write_jsonl
 from ratchet.train.offline import train_offline
 

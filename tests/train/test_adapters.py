@@ -9,9 +9,9 @@ import pytest
 from ratchet.config import AdapterConfig
 from ratchet.train.adapters import enable_checkpointing, is_peft, lora_training
 
-from _kit import fresh_model, one_thread
+from _kit import fresh_model
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_checkpointing_uses_the_current_name(tiny_model_dir):

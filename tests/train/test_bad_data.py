@@ -8,9 +8,9 @@ import pytest
 
 from ratchet.train.batches import PairsError
 
-from _kit import one_thread, pair_rows, run, write_pairs
+from _kit import pair_rows, run, write_pairs
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bad_rows():

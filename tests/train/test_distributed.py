@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _kit import metrics, one_thread, run, write_pairs
+from _kit import metrics, run, write_pairs
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 CHILD = Path(__file__).parent / "_child.py"
 
 

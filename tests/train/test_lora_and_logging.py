@@ -14,9 +14,9 @@ from ratchet.train.batches import pack, prepare_pairs
 from ratchet.train.offline import train_offline
 from ratchet.train.reference import compute_reference_logps
 
-from _kit import fresh_model, metrics, one_thread, pair_rows, write_pairs
+from _kit import fresh_model, metrics, pair_rows, write_pairs
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lora(model):

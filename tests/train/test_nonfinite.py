@@ -10,9 +10,9 @@ from ratchet.losses import LOSSES, DPOParams, LossSpec, dpo_loss
 from ratchet.train import checkpoint, offline
 from ratchet.train.runtime import NonFiniteError
 
-from _kit import metrics, one_thread, run, write_pairs
+from _kit import metrics, run, write_pairs
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nan_loss_names_step_and_row(tmp_path, tiny_model_dir, monkeypatch):

@@ -9,12 +9,12 @@ from ratchet.data.revision import SEQUENCE_NAMES
 from ratchet.losses import LOSSES
 from ratchet.train.batches import prepare_pairs
 
-from _kit import fresh_model, metrics, one_thread, pair_rows, run, write_pairs
+from _kit import fresh_model, metrics, pair_rows, run, write_pairs
 from conftest import tokenize_revision
 
 ON_POLICY = ("online", "two_turn")  # trained by ratchet.train.online from rollouts, not from a pairs file
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _kit import fresh_model, one_thread
+from _kit import fresh_model
 from ratchet.generate.base import SamplingParams
 from ratchet.generate.engine import CachedSampler
 from ratchet.judge.base import Judgment
@@ -17,7 +17,7 @@ from ratchet.loop.rollouts import judge_reward, single_turn
 from ratchet.train import checkpoint
 from ratchet.train.online import train_online
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class VowelJudge:

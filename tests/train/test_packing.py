@@ -13,11 +13,11 @@ from ratchet.train.adapters import enable_checkpointing
 from ratchet.train.batches import PairExample, collate, pack, prepare_pairs
 from ratchet.train.step import needs
 
-from _kit import fresh_model, metrics, one_thread, pair_rows, run, write_pairs
+from _kit import fresh_model, metrics, pair_rows, run, write_pairs
 
 ON_POLICY = ("online", "two_turn")  # trained by ratchet.train.online from rollouts, not from a pairs file
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEQUENCE_SETS = sorted({needs(s, fmt).policy for s in LOSSES.values() if s.data not in ON_POLICY
                         for fmt in (("pairs", "unpaired") if s.data in ("unpaired", "sft") else ("pairs",))})

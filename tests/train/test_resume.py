@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _kit import metrics, one_thread, run, write_pairs
+from _kit import metrics, run, write_pairs
 from conftest import tiny_run_overrides as _overrides
 from ratchet import cli
 from ratchet.config import load_config
@@ -21,7 +21,7 @@ from ratchet.data.records import write_jsonl
 from ratchet.loop.run import run_loop
 from ratchet.train import checkpoint
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHILD = Path(__file__).parent / "_child.py"
 KW = {"batch_size": 2, "epochs": 2, "checkpoint_every": 2, "keep_checkpoints": 2, "dropout": 0.2}

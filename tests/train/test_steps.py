@@ -7,9 +7,9 @@ from safetensors.torch import load_file
 
 from ratchet.train.batches import prepare_pairs, split_step
 
-from _kit import metrics, one_thread, pair_rows, run, write_pairs
+from _kit import metrics, pair_rows, run, write_pairs
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_split_step_counts_fillers_and_token_budget(tiny_tokenizer):

@@ -12,10 +12,10 @@ from ratchet.train.batches import PairsError, prepare_pairs, row_format
 from ratchet.train.reference import compute_reference_logps
 from ratchet.train.step import PolicyLogps, micro_batch_loss, needs
 
-from _kit import fresh_model, metrics, one_thread, pair_rows, run, write_pairs
+from _kit import fresh_model, metrics, pair_rows, run, write_pairs
 from conftest import make_model
 
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unpaired(n: int) -> list[dict]:

@@ -71,7 +71,7 @@ def sgd_step(policy: Tabular, name: str, lr: float = 0.1, **overrides) -> None:
 
 
 PAIRED_CASES = [
-    ("dpo", {}), ("cdpo", {}), ("rdpo", {}), ("ipo", {}), ("ipo", {"length_normalized": True}),
+    ("dpo", {}), ("dpop", {}), ("cdpo", {}), ("rdpo", {}), ("ipo", {}), ("ipo", {"length_normalized": True}),
     ("hinge", {}), ("hinge", {"reference_free": True}), ("nca", {}), ("simpo", {}), ("orpo", {}),
     ("rpo", {}), ("rpo", {"nll": "token_mean"}), ("selm", {}), ("srpo", {}), ("srpo", {"alpha": 0.0}),
     ("inpo", {}), ("sppo", {}), ("fdpo", {}), ("fdpo", {"divergence": "forward_kl"}),

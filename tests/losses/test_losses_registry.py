@@ -17,7 +17,7 @@ from ratchet.losses import LOSSES, LossOutput
 from ._helpers import random_inputs
 
 EXPECTED = {
-    "dpo", "cdpo", "rdpo", "ipo", "hinge", "kto", "simpo", "orpo", "rpo",
+    "dpo", "dpop", "cdpo", "rdpo", "ipo", "hinge", "kto", "simpo", "orpo", "rpo",
     "selm", "srpo", "inpo", "sppo", "nca", "fdpo", "sft", "rloo", "pit", "score",
 }  # fmt: skip
 ON_POLICY = {"rloo", "score"}  # [prompts, k] inputs from fresh samples (tests/losses/test_rloo.py, test_score.py)

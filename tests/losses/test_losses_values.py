@@ -42,6 +42,7 @@ def close(out, *expected):
 # ------------------------------------------------------------------------------- values at pi = pi_ref
 AT_REFERENCE = {
     "dpo": LN2,  # -log sigma(0)
+    "dpop": LN2,  # -log sigma(0 - lam * max(0, 0))
     "cdpo": LN2,  # -(1-eps) log 1/2 - eps log 1/2
     "rdpo": LN2,  # [(1-eps) - eps] ln 2 / (1 - 2 eps)
     "ipo": 25.0,  # (0 - 1/(2*0.1))^2 = 1/(4 tau^2)
@@ -92,6 +93,31 @@ def test_dpo_values():
     # beta 1, Delta = ln 3: -log(3/4) = ln(4/3);  Delta = -ln 3: -log(1/4) = ln 4.
     close(run("dpo", **pair(LN3, 0.0), beta=1.0), math.log(4 / 3))
     close(run("dpo", **pair(0.0, LN3), beta=1.0), math.log(4))
+
+
+def test_dpop_values():
+    # Chosen above the reference (h_w = 1 >= 0): no penalty, DPO's value -log sigma(0.2) = 0.5981388...
+    close(run("dpop", **pair(1.0, -1.0)), 0.5981388693815918)
+    # beta 1, lam 1, h_w = -ln 3, h_l = -3 ln 3: Delta = 2 ln 3, penalty max(0, ln 3) = ln 3;
+    # z = 2 ln 3 - ln 3 = ln 3, -log sigma(ln 3) = ln(4/3). DPO alone would give -log sigma(2 ln 3) = ln(10/9).
+    close(run("dpop", **pair(-LN3, -3 * LN3), beta=1.0, lam=1.0), math.log(4 / 3))
+    close(run("dpo", **pair(-LN3, -3 * LN3), beta=1.0), math.log(10 / 9))
+    # lam = 0 is DPO exactly.
+    close(run("dpop", **pair(-LN3, 0.0), beta=1.0, lam=0.0), math.log(4))
+
+
+def test_dpop_pushes_a_falling_chosen_up():
+    # dL/dh_w = -beta (1 + lam) sigma(-z) for h_w < 0 (DPO: -beta sigma(-z)): at beta 1, lam 1, z = ln 3
+    # (the case above), sigma(-ln 3) = 1/4, so dL/dh_w = -2 * 1/4 = -1/2: descent raises h_w twice as hard.
+    h_w = torch.tensor([-LN3], dtype=torch.float64, requires_grad=True)
+    x = pair(0.0, -3 * LN3) | {"policy_chosen_logps": h_w + -5.0}
+    run("dpop", **x, beta=1.0, lam=1.0).loss.sum().backward()
+    torch.testing.assert_close(h_w.grad, torch.tensor([-0.5], dtype=torch.float64))
+
+
+def test_dpop_rejects_negative_lambda():
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        LOSSES["dpop"].make_params(lam=-1.0)
 
 
 def test_cdpo_values_and_finite_optimum():

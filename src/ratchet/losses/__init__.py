@@ -20,12 +20,14 @@ from ratchet.losses._core import ONE_ANSWER, Input, LossOutput, LossSpec, Reads
 from ratchet.losses.dpo import (
     CDPOParams,
     DPOParams,
+    DPOPParams,
     HingeParams,
     IPOParams,
     NCAParams,
     RDPOParams,
     cdpo_loss,
     dpo_loss,
+    dpop_loss,
     hinge_loss,
     ipo_loss,
     nca_loss,
@@ -53,6 +55,7 @@ _PIT_REVISIONS = ("revise_chosen_from_rejected", "revise_chosen_from_chosen", "r
 
 LOSSES: dict[str, LossSpec] = {
     "dpo": LossSpec(name="dpo", fn=dpo_loss, params=DPOParams, data="paired", reads=_PAIR_REF),
+    "dpop": LossSpec(name="dpop", fn=dpop_loss, params=DPOPParams, data="paired", reads=_PAIR_REF),
     "cdpo": LossSpec(name="cdpo", fn=cdpo_loss, params=CDPOParams, data="paired", reads=_PAIR_REF),
     "rdpo": LossSpec(name="rdpo", fn=rdpo_loss, params=RDPOParams, data="paired", reads=_PAIR_REF),
     "ipo": LossSpec(name="ipo", fn=ipo_loss, params=IPOParams, data="paired",
@@ -102,6 +105,7 @@ __all__ = [
     "Reads",
     "CDPOParams",
     "DPOParams",
+    "DPOPParams",
     "FDPOParams",
     "HingeParams",
     "INPOParams",
@@ -121,6 +125,7 @@ __all__ = [
     "SimPOParams",
     "cdpo_loss",
     "dpo_loss",
+    "dpop_loss",
     "fdpo_loss",
     "hinge_loss",
     "inpo_loss",

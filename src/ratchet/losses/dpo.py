@@ -1,4 +1,4 @@
-"""The DPO family on offline pairs with a reference model: DPO, cDPO, rDPO, IPO, hinge (SLiC/RSO) and NCA.
+"""The DPO family on offline pairs with a reference model: DPO, DPOP, cDPO, rDPO, IPO, hinge (SLiC/RSO) and NCA.
 
 Every function here reads summed completion log-probs of shape [B] (prompt tokens masked) and returns
 a per-example loss of shape [B]. Notation (docs/objectives.md, docs/algorithms.md#conventions):
@@ -48,6 +48,48 @@ def dpo_loss(
     h_w, h_l = _delta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     loss = -F.logsigmoid(beta * (h_w - h_l))
     return LossOutput(loss, reward_metrics(beta, h_w, h_l))
+
+
+# -------------------------------------------------------------------------------------------- DPOP
+@dataclass(frozen=True)
+class DPOPParams:
+    """Parameters of DPO-Positive (Pal et al. 2024)."""
+
+    beta: float = 0.1
+    """KL-regularisation strength, as in DPO."""
+    lam: float = 50.0
+    """Weight of the penalty on the chosen log-ratio falling below 0 (the paper's lambda; 50 is the
+    value we read in its experiments section). lam = 0 is DPO."""
+
+    def __post_init__(self) -> None:
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+
+
+def dpop_loss(
+    *,
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    lam: float,
+) -> LossOutput:
+    """DPO-Positive, L = -log sigma(beta * (Delta - lam * max(0, -h_w))).
+
+    Source: Pal et al. 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive"
+    (arXiv 2402.13228), eq. 3. Why: DPO only reads Delta, so on pairs that differ in a few tokens (a
+    wrong sum against a right one) both likelihoods can fall as long as the rejected falls faster; the
+    mass goes elsewhere (on arithmetic, to answers that loop past the token budget: docs/evidence.md).
+    The penalty is zero while pi_theta(y_w) >= pi_ref(y_w) and pushes y_w back up below it.
+    Value at pi_theta = pi_ref: log 2 (the penalty is 0). No TRL loss_type.
+    """
+    h_w, h_l = _delta(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    penalty = torch.relu(-h_w)
+    loss = -F.logsigmoid(beta * (h_w - h_l - lam * penalty))
+    metrics = reward_metrics(beta, h_w, h_l)
+    metrics["chosen_below_reference"] = torch.sign(penalty.detach())  # 1 where the penalty is active
+    return LossOutput(loss, metrics)
 
 
 # -------------------------------------------------------------------------------------------- cDPO

@@ -33,6 +33,17 @@ def test_every_command_and_option_has_help(capsys):
     assert capsys.readouterr().out.strip() == f"ratchet {__version__}"
 
 
+def test_every_help_page_formats(capsys):
+    # argparse %-formats help strings: a bare "95% interval" crashed `ratchet --help` with a traceback.
+    parser, action = _subparsers()
+    for argv in [["--help"]] + [[name, "--help"] for name in action.choices]:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 0, argv
+    out = capsys.readouterr().out
+    assert "95% interval" in out and "%%" not in out
+
+
 def test_every_config_key_is_documented_and_shown(capsys):
     def walk(cfg, prefix=""):
         docs = field_docs(type(cfg))

@@ -348,7 +348,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ratchet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, description, arguments) in COMMANDS.items():
-        s = sub.add_parser(name, help=description, description=description)
+        # argparse %-formats help (not descriptions): "95% interval" must reach it as "95%% interval"
+        s = sub.add_parser(name, help=description.replace("%", "%%"), description=description)
         for flag, kw in arguments:
             s.add_argument(flag, **kw)
         if name not in ("config", "sweep"):  # sweep: its recipes are positional

@@ -44,6 +44,14 @@ def test_every_help_page_formats(capsys):
     assert "95% interval" in out and "%%" not in out
 
 
+def test_missing_positionals_name_only_what_is_required(capsys):
+    # key=value overrides are optional: `ratchet sweep` alone must not say they are required.
+    with pytest.raises(SystemExit) as exit_:
+        cli.parser().parse_args(["sweep"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("the following arguments are required: recipes")
+
+
 def test_every_config_key_is_documented_and_shown(capsys):
     def walk(cfg, prefix=""):
         docs = field_docs(type(cfg))

@@ -355,7 +355,8 @@ def parser() -> argparse.ArgumentParser:
         if name not in ("config", "sweep"):  # sweep: its recipes are positional
             s.add_argument("--recipe", help="recipe YAML or bundled recipe name (default: the built-in defaults)")
         s.add_argument("--verbose", action="store_true", help="show the libraries' own loading messages too")
-        s.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys, e.g. train.lr=1e-5")
+        s.add_argument("overrides", nargs="*", default=[],  # default: argparse calls a bare "*" required
+                       help="key=value overrides with dotted keys, e.g. train.lr=1e-5")
     return p
 
 

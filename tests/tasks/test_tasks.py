@@ -104,9 +104,16 @@ def test_errors_name_the_file_and_column(tmp_path, jsonl):
     with pytest.raises(TaskError, match="empty"):
         FileTask(str(empty)).check()
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "a"}\n{not json\n')
-    with pytest.raises(TaskError, match="bad.jsonl: cannot be read"):
+    bad.write_text('{"prompt": "a"}\n\n{not json\n')
+    with pytest.raises(TaskError, match=r"bad.jsonl line 3: not valid JSON \(Expecting property name"):
         FileTask(str(bad)).check()
+    bad.write_text('{"prompt": "a"}\n["a", "b"]\n')
+    with pytest.raises(TaskError, match=r"bad.jsonl line 2: expected a JSON object .* got list"):
+        FileTask(str(bad)).check()
+    csv = tmp_path / "bad.csv"
+    csv.write_bytes(b"\x00\xff")
+    with pytest.raises(TaskError, match="bad.csv: cannot be read as a dataset"):  # not JSONL: datasets' words
+        FileTask(str(csv)).check()
     nonstr = _jsonl(tmp_path / "n.jsonl", [{"prompt": 3}])
     with pytest.raises(TaskError, match=r"row 1: column 'prompt' \(prompt\) must be a non-empty string"):
         FileTask(str(nonstr)).check()

@@ -71,9 +71,28 @@ def _read(source: str, *, subset: str | None, split: str, revision: str | None) 
         while e.__cause__ is not None or e.__context__ is not None:  # the root cause says what is wrong
             e = e.__cause__ or e.__context__
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TaskError(f"{source}: cannot be read as a dataset ({type(e).__name__}: {first})") from None
+        line = _bad_jsonl_line(source)  # datasets names a byte offset at best; a user wants the line
+        raise TaskError(line or f"{source}: cannot be read as a dataset ({type(e).__name__}: {first})") from None
     # through JSON once: the rows are written to prompts.jsonl, so what cannot be written fails here
     return [json.loads(json.dumps(row, default=str)) for row in data]
+
+
+def _bad_jsonl_line(source: str) -> str | None:
+    """For a .jsonl file: the first line that is not one JSON object, said as a user would fix it."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        return None
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                return f"{source} line {number}: not valid JSON ({e.msg}, column {e.colno}): {text.strip()[:80]!r}"
+            if not isinstance(row, dict):
+                return f"{source} line {number}: expected a JSON object ({{\"prompt\": ...}}), got {type(row).__name__}"
+    return None
 
 
 def _messages(row: dict, fields: dict, where: str, template: str | None = None) -> list[dict]:

@@ -105,10 +105,10 @@ def test_errors_name_the_file_and_column(tmp_path, jsonl):
         FileTask(str(empty)).check()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n\n{not json\n')
-    with pytest.raises(TaskError, match=r"bad.jsonl line 3: not valid JSON \(Expecting property name"):
+    with pytest.raises(TaskError, match=r"bad.jsonl:3: not valid JSON \(Expecting property name"):
         FileTask(str(bad)).check()
     bad.write_text('{"prompt": "a"}\n["a", "b"]\n')
-    with pytest.raises(TaskError, match=r"bad.jsonl line 2: expected a JSON object .* got list"):
+    with pytest.raises(TaskError, match=r"bad.jsonl:2: expected a JSON object .* got list"):
         FileTask(str(bad)).check()
     csv = tmp_path / "bad.csv"
     csv.write_bytes(b"\x00\xff")

@@ -89,9 +89,9 @@ def _bad_jsonl_line(source: str) -> str | None:
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
-                return f"{source} line {number}: not valid JSON ({e.msg}, column {e.colno}): {text.strip()[:80]!r}"
+                return f"{source}:{number}: not valid JSON ({e.msg}, column {e.colno}): {text.strip()[:80]!r}"
             if not isinstance(row, dict):
-                return f"{source} line {number}: expected a JSON object ({{\"prompt\": ...}}), got {type(row).__name__}"
+                return f"{source}:{number}: expected a JSON object ({{\"prompt\": ...}}), got {type(row).__name__}"
     return None
 
 

@@ -134,6 +134,7 @@ def test_report_shows_lengths_and_finish_reasons_per_round(tmp_path):
     ]
     assert "<td class='warn'>86% (6)</td>" in text  # the collapse stands out
     assert "round 2: 6 of 7 held-out answers (86%) were cut by the token budget (16 tokens)" in text
+    assert "train.loss={name: dpop}" in text  # and what to do about it
     # the quantities that change over rounds are plotted; every plot exists
     sources = re.findall(r'<img src="([^"]+)"', text)
     for name in ("answers-mean_tokens", "answers-eos", "answers-stop", "answers-length"):

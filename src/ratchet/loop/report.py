@@ -284,6 +284,12 @@ def _answers_table(rows: list[dict]) -> str:
     return "<table class='answers'>\n" + head + "\n" + "\n".join(body) + "\n</table>"
 
 
+CUT_ADVICE = ("Where a DPO-family round made the answers run on (a calculation repeated until the budget), "
+              "<code>train.loss={name: dpop}</code> keeps the chosen answers' likelihood from falling "
+              "(measured in docs/evidence.md: 12, 29, 11 answers cut over three DPO rounds, 4, 0, 2 with DPOP); "
+              "<code>pair.drop_truncated</code> (on by default) keeps cut samples out of pairs.")
+
+
 def _cut_warnings(rows: list[dict]) -> list[str]:
     notes = []
     for row in rows:
@@ -504,7 +510,8 @@ def write_report(run_dir: Path, summary: dict) -> Path:
         "<h1>ratchet report</h1>",
         _table([run_info], list(run_info)) if run_info else "",
         ("<div class='warn'><b>Cut by the token budget</b><ul>"
-         + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>") if warnings else "",
+         + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + f"</ul><p>{CUT_ADVICE}</p></div>")
+        if warnings else "",
         "<h2>Metrics over rounds</h2>", note, "\n".join(figures),
         *answers,
         ("<h2>Held-out answers side by side</h2>\n" + side_by_side) if side_by_side else "",

@@ -286,7 +286,7 @@ def _answers_table(rows: list[dict]) -> str:
 
 CUT_ADVICE = ("Where a DPO-family round made the answers run on (a calculation repeated until the budget), "
               "<code>train.loss={name: dpop}</code> keeps the chosen answers' likelihood from falling "
-              "(measured in docs/evidence.md: 12, 29, 11 answers cut over three DPO rounds, 4, 0, 2 with DPOP); "
+              "(docs/evidence.md: 4-29 answers of 100 cut per round over three DPO rounds, 0-5 with DPOP); "
               "<code>pair.drop_truncated</code> (on by default) keeps cut samples out of pairs.")
 
 

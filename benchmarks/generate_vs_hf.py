@@ -52,13 +52,18 @@ except ImportError:
 STOP = getattr(arithmetic, "STOP", ("\n\n",))
 
 
-def run(sampler, prompts, params) -> tuple[float, int, Counter]:
+def run(sampler, prompts, params) -> tuple[float, int, list]:
+    """Seconds, tokens kept and the samples (per prompt) of one ``sample`` call; ray_scaling.py too."""
     start = time.perf_counter()
     out = sampler.sample(prompts, params)
     seconds = time.perf_counter() - start
     samples = [s for per_prompt in out for s in per_prompt]
     assert len(samples) == len(prompts) * params.k
-    return seconds, sum(s.num_tokens for s in samples), Counter(s.finish_reason for s in samples)
+    return seconds, sum(s.num_tokens for s in samples), out
+
+
+def finish_reasons(out: list) -> Counter:
+    return Counter(s.finish_reason for per_prompt in out for s in per_prompt)
 
 
 # Phases of the decode loop (where to find them in a module like ``generate.engine``), each profiled
@@ -165,7 +170,8 @@ def main() -> None:
             if name == "ratchet":
                 limit = matmul_gflops()  # just before: the machine's state while ratchet runs
             result[name] = run(samplers[name], prompts, params)
-        (hf_s, hf_tok, hf_why), (r_s, r_tok, r_why) = result["hf"], result["ratchet"]
+        (hf_s, hf_tok, hf_out), (r_s, r_tok, r_out) = result["hf"], result["ratchet"]
+        hf_why, r_why = finish_reasons(hf_out), finish_reasons(r_out)
         speedups.append((r_tok / r_s) / (hf_tok / hf_s))
         time_ratios.append(hf_s / r_s)
         ratchet_tps.append(r_tok / r_s)

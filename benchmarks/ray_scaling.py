@@ -28,11 +28,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-import time
 
 import torch
 
-from generate_vs_hf import STOP, sampling_arguments  # benchmarks/ is the script's directory, on sys.path
+from generate_vs_hf import STOP, run, sampling_arguments  # benchmarks/ is the script's directory, on sys.path
 from ratchet.config import ExecutorConfig
 from ratchet.data import arithmetic
 from ratchet.generate.base import SamplingParams
@@ -41,13 +40,8 @@ from ratchet.loop.executor import RayExecutor
 from ratchet.models import load_model
 
 
-def run(sampler, prompts, params) -> tuple[float, int, list]:
-    start = time.perf_counter()
-    out = sampler.sample(prompts, params)
-    seconds = time.perf_counter() - start
-    samples = [s for per_prompt in out for s in per_prompt]
-    assert len(samples) == len(prompts) * params.k
-    return seconds, sum(s.num_tokens for s in samples), [[dataclasses.asdict(s) for s in ss] for ss in out]
+def _fields(out: list) -> list:
+    return [[dataclasses.asdict(s) for s in per_prompt] for per_prompt in out]
 
 
 def main() -> None:
@@ -81,7 +75,7 @@ def main() -> None:
         tps = {name: tokens / seconds for name, (seconds, tokens, _) in result.items()}
         speedups.append(tps[f"ray{args.workers}"] / tps["local"])
         ray1_ratios.append(tps["ray1"] / tps["local"])
-        same = result[f"ray{args.workers}"][2] == result["local"][2]
+        same = _fields(result[f"ray{args.workers}"][2]) == _fields(result["local"][2])
         identical = identical and same
         print(f"rep {rep + 1} (order {', '.join(order)}): "
               + " | ".join(f"{name} {result[name][0]:.1f} s, {result[name][1]} tokens, {tps[name]:.1f} tok/s"

@@ -22,24 +22,38 @@ Messages = list[dict[str, str]]
 
 
 @torch.no_grad()
+def _token_ids(tokenizer, items: Sequence[tuple[Messages, str, bool]]) -> list[tuple[list[int], list[int]]]:
+    prompts: dict[str, list[int]] = {}
+    return [(cached_prompt_ids(tokenizer, messages, prompts), completion_ids(tokenizer, text, complete))
+            for messages, text, complete in items]
+
+
+def _batches(seqs: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
+    """Indices of the non-empty completions sorted by total length, longest first (ties in input
+    order), cut every ``batch_size``: one forward each."""
+    order = sorted((i for i in range(len(seqs)) if seqs[i][1]), key=lambda i: -sum(map(len, seqs[i])))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def logprob_batches(tokenizer, items: Sequence[tuple[Messages, str, bool]], batch_size: int) -> list[list[int]]:
+    """The batches (indices into ``items``) ``sequence_logprobs`` computes, each in one forward:
+    a sharded stage sends each whole to one worker, so each float is the local stage's."""
+    return _batches(_token_ids(tokenizer, items), batch_size)
+
+
 def sequence_logprobs(model, tokenizer, items: Sequence[tuple[Messages, str, bool]], *,
                       batch_size: int = 32) -> list[tuple[float, int]]:
     """(log pi(y|x), tokens scored) for each (prompt messages, completion text, ended by itself).
 
     Sorted by length and batched (right padding) so little compute goes to padding; results come
     back in input order. An empty completion scores 0.0 over 0 tokens."""
-    prompts: dict[str, list[int]] = {}
-    seqs = []
-    for messages, text, complete in items:
-        seqs.append((cached_prompt_ids(tokenizer, messages, prompts), completion_ids(tokenizer, text, complete)))
+    seqs = _token_ids(tokenizer, items)
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
-    order = sorted((i for i in range(len(seqs)) if seqs[i][1]), key=lambda i: -sum(map(len, seqs[i])))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in _batches(seqs, batch_size):
         width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         attn = torch.zeros((len(idx), width), dtype=torch.long)

@@ -77,16 +77,11 @@ class Replica:
             return Failure(PromptTooLongError, str(e).replace(f"prompt {e.index} ", f"prompt {index} ", 1), index)
 
     def logprob_batches(self, path: str, items: list, batch_size: int) -> list[list[int]]:
-        """The batches ``sequence_logprobs`` forms from ``items``: indices sorted by total length,
-        longest first (ties in input order), cut every ``batch_size``; empty completions in none."""
-        from ratchet.data.tokenize import cached_prompt_ids, completion_ids
+        """The batches ``sequence_logprobs`` forms from ``items`` (``generate.score.logprob_batches``)."""
+        from ratchet.generate.score import logprob_batches
 
         self._use(path)
-        cache: dict = {}
-        lengths = [(len(cached_prompt_ids(self.tokenizer, m, cache)), len(completion_ids(self.tokenizer, t, c)))
-                   for m, t, c in items]
-        order = sorted((i for i, (_, c) in enumerate(lengths) if c), key=lambda i: -sum(lengths[i]))
-        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        return logprob_batches(self.tokenizer, items, batch_size)
 
     def logprobs(self, path: str, batches: list[list], batch_size: int) -> list[list[tuple[float, int]]]:
         """``sequence_logprobs`` of each batch alone: one forward each, as the local stage runs it."""

@@ -596,6 +596,16 @@ class ExecutorConfig:
         _at_least("executor.cpus_per_worker", self.cpus_per_worker, 1)
         _at_least("executor.gpus_per_worker", self.gpus_per_worker, 0)
         _at_least("executor.train_workers", self.train_workers, 0)
+        if self.train_config is not None:
+            if not self.train_workers:
+                raise ConfigError("executor.train_config: it configures the Ray Train workers; set executor.train_workers "
+                                  "too (for training in this process, run it under accelerate launch --config_file)")
+            from ratchet.train.runtime import accelerate_env
+
+            try:
+                accelerate_env(self.train_config)
+            except ValueError as e:
+                raise ConfigError(f"executor.train_config: {e}") from None
         if self.name == "ray":
             import importlib.util
 
@@ -619,6 +629,11 @@ class ExecutorConfig:
     """0: the train stage runs in the loop's own process, as without Ray. N: on N Ray Train workers
     (``TorchTrainer``), DDP through accelerate, each with ``cpus_per_worker`` CPUs and
     ``gpus_per_worker`` GPUs, across the cluster's nodes."""
+    train_config: str | None = None
+    """An accelerate config file (``accelerate config`` writes one; ``recipes/accelerate/fsdp.yaml``,
+    ``deepspeed.yaml``): the Ray Train workers train with what ``accelerate launch --config_file``
+    would set up (FSDP, DeepSpeed, mixed precision) instead of DDP; Ray Train still places the
+    processes. Read on the driver when the recipe loads; the workers need no copy."""
 
 
 SEEDED_SECTIONS = ("task", "generate", "pair", "train")

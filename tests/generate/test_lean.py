@@ -161,3 +161,53 @@ def test_work_counts_every_position_once_with_its_context(tiny):
     contexts = sum(n * (n + 1) // 2 + 3 * n + 6 for n in lengths)
     assert sampler.work.positions == positions
     assert sampler.work.mean_context == pytest.approx(contexts / positions)
+
+
+def _logits_per_sample(sampler, prompts, params, first_index=0) -> dict:
+    """Each sample's next-token logits at every step of a ``sample`` call, keyed by the seed of its
+    own generator (one per (seed, prompt index, sample index))."""
+    seen: dict[int, list[torch.Tensor]] = {}
+    original = engine.sample_tokens
+
+    def spy(logits, params, generators):
+        for row, generator in zip(logits, generators):
+            seen.setdefault(generator.initial_seed(), []).append(row.clone())
+        return original(logits, params, generators)
+
+    engine.sample_tokens = spy
+    try:
+        sampler.sample(prompts, params, first_index=first_index)
+    finally:
+        engine.sample_tokens = original
+    return seen
+
+
+def _skip_unless_rows_keep_their_bits(model) -> None:
+    """The property of the BLAS the sampler's exactness rests on: a row of a matrix product gets
+    the same bits at any number of rows >= 2 (MKL, one thread, measured for SmolLM2's products)."""
+    lean = LeanStep(model)
+    lean.pack()
+    x = torch.randn(7, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    weight = lean.layers[0]["qkv"][0]
+    if not all(torch.equal(x[:m] @ weight, (x @ weight)[:m]) for m in range(2, 7)):
+        pytest.skip("this machine's BLAS gives a row other bits at another number of rows")
+
+
+def test_a_samples_logits_do_not_depend_on_the_rows_it_shares_steps_with(models):
+    """What makes a stage sharded over workers sample what one process samples (``executor: ray``):
+    every sample's logits at every step are the same bits when its prompt is sampled with all the
+    others in batches of 7 rows, or in a shard of two prompts in batches of 4 (other prompts
+    prefilled with it, other rows in its steps, other window widths, steps of one row at the end)."""
+    model, tokenizer = models
+    _skip_unless_rows_keep_their_bits(model)
+    prompts = PROMPTS + [[{"role": "user", "content": "Count to five."}]]
+    params = SamplingParams(k=3, temperature=1.0, max_new_tokens=12, seed=5)
+    whole = _logits_per_sample(CachedSampler(model, tokenizer, batch_size=7, progress=False), prompts, params)
+    shards = {}
+    for first in range(0, len(prompts), 2):
+        shards |= _logits_per_sample(CachedSampler(model, tokenizer, batch_size=4, progress=False),
+                                     prompts[first:first + 2], params, first_index=first)
+    assert len(whole) == len(prompts) * params.k and shards.keys() == whole.keys()
+    for key, steps in whole.items():
+        assert len(steps) == len(shards[key])
+        assert all(torch.equal(a, b) for a, b in zip(steps, shards[key]))

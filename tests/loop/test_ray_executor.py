@@ -75,10 +75,13 @@ def test_split_covers_the_rows_in_order():
     ("executor.workers=0", "executor.workers: expected >= 1, got 0"),
     ("executor.train_workers=-1", "executor.train_workers: expected >= 0, got -1"),
     ("executor.gpus=1", "executor.gpus: unknown key; expected one of name, address, workers"),
+    ("executor.train_config=recipes/accelerate/fsdp.yaml", "executor.train_config: it configures the Ray Train "
+                                                           "workers; set executor.train_workers too"),
+    ("executor.train_config=nope.yaml executor.train_workers=2", "executor.train_config: no such file: nope.yaml"),
     ("evaluate.sampler=hf", "evaluate.sampler: executor.name: ray shards sampling with the cached sampler only")])
 def test_bad_executor_settings_fail_when_the_recipe_loads(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(None, ["executor.name=ray", override])
+        load_config(None, ["executor.name=ray", *override.split()])
     assert load_config(None, []).executor == ExecutorConfig(name="local")  # the default: as before Ray
 
 

@@ -415,16 +415,16 @@ class CachedSampler:
 
     def _prefill(self, prompts: list[list[int]],
                  lean: LeanStep | None) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        """Left-padded forward over the prompts (the lean step's where there is one); returns their
-        cache, padding mask, last logits."""
+        """Forward over the prompts: the lean step's packed prefill where there is one, else the model's on a
+        left-padded batch; returns their cache (left-padded), padding mask, last logits."""
         width = max(len(ids) for ids in prompts)
         device = self.model.device
-        input_ids = torch.tensor([[self.pad] * (width - len(ids)) + ids for ids in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         if lean is not None:
-            cache, logits = lean.prefill(input_ids, mask, positions)
+            cache, logits = lean.prefill(prompts)
             return cache, mask, logits
+        input_ids = torch.tensor([[self.pad] * (width - len(ids)) + ids for ids in prompts], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         cache = DynamicCache(config=self.model.config)
         # logits_to_keep=1: the LM head (vocab x hidden) runs on the last position only.
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,

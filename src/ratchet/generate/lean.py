@@ -12,7 +12,12 @@ the same math with:
   ``x @ W_t`` ran 1.2x to 1.5x faster than ``F.linear(x, W)`` for the model's shapes (measured);
 - grouped-query attention on the cache as it is: the query heads of one key/value head form the
   rows of one small matrix product (Ainslie et al. 2023, GQA), so keys and values are read once;
-- the attention mask turned into an additive bias once per step, not once per layer.
+- the attention mask turned into an additive bias once per step, not once per layer;
+- prefill of prompts packed end to end (no padding computed).
+
+A row's logits are the same bits whichever rows share its steps and its prefill (a lone row runs
+as two, prompts are not padded; ``_residual``, ``LeanStep.prefill``), so a stage split over
+workers samples exactly what one process samples (``docs/scaling.md``, "Exact").
 
 It reuses the model's own RMSNorm, rotary embedding and activation modules, so their math is the
 model's. Models it does not know (another architecture, a PEFT wrapper, quantized or hooked
@@ -22,6 +27,7 @@ modules) get a reason from ``why_not_lean``, and the sampler runs the model's ow
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -61,12 +67,21 @@ def _packed(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor 
 
 
 def _matmul(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+    if len(x) == 1:  # see _residual
+        return _matmul(x.repeat(2, 1), packed)[:1]
     weight, bias = packed
     return x @ weight if bias is None else torch.addmm(bias, x, weight)
 
 
 def _residual(h: torch.Tensor, x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-    """h + x @ W (+ b): the residual added inside the matrix product (GEMM's C + A B), no extra pass."""
+    """h + x @ W (+ b): the residual added inside the matrix product (GEMM's C + A B), no extra pass.
+
+    A lone row runs as two: BLAS takes a matrix-vector path for one row, whose sums are ordered
+    otherwise than its matrix-matrix kernel's, and that kernel gives a row the same bits whatever
+    the number of rows >= 2 (measured: MKL, one thread, every product of the model, 2 to 600 rows).
+    So a row's result does not depend on how many rows share its step (``docs/scaling.md``)."""
+    if len(x) == 1:
+        return _residual(h.repeat(2, 1), x.repeat(2, 1), packed)[:1]
     weight, bias = packed
     out = torch.addmm(h, x, weight)
     return out if bias is None else out.add_(bias)
@@ -144,29 +159,38 @@ class LeanStep:
 
         return _matmul(self._stack(h, cos, sin, attend), self.head)
 
-    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
-        """Left-padded prompts [prompts, width] with their padding ``mask`` and ``positions``: a
-        ``DynamicCache`` of their keys and values and the last position's logits [prompts, vocab]."""
-        from transformers import DynamicCache
+    def prefill(self, prompts: list[list[int]]):
+        """Prompts (token ids): a ``DynamicCache`` of their keys and values, left-padded with zeros to
+        the longest, and each prompt's last-position logits [prompts, vocab].
 
-        core = self.model.model
-        prompts, width = input_ids.shape
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        h = core.embed_tokens(input_ids.reshape(-1))
-        cos, sin = core.rotary_emb(h, positions.reshape(-1, 1))
-        # Causal and not padding; a padding query sees itself, so no softmax row is empty (NaN keys or
-        # values in the cache would poison later steps: 0 x NaN = NaN).
-        causal = torch.ones(width, width, dtype=torch.bool, device=h.device).tril_()
-        allowed = (causal & mask.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool, device=h.device)
+        The prompts' tokens are packed end to end, without padding: the matrix products run on all
+        of them at once, attention on each prompt alone. A prompt's keys, values and logits are then
+        the same bits whichever prompts it is prefilled with (a row of a product does not depend on
+        the other rows, see ``_residual``; in a padded batch its attention sums would run over the
+        padding, ordered by its width): one of the two conditions for a sharded stage to sample what
+        one process samples (``docs/scaling.md``). Packing also computes no padding."""
+        device = self.model.device
+        core, heads, kv_heads, dim = self.model.model, self.heads, self.kv_heads, self.head_dim
+        width, ends = max(map(len, prompts)), torch.tensor(list(map(len, prompts))).cumsum(0).tolist()
+        spans = list(zip([0] + ends[:-1], ends))
+        h = core.embed_tokens(torch.tensor([t for ids in prompts for t in ids], device=device))
+        positions = torch.cat([torch.arange(end - start, device=device) for start, end in spans])
+        cos, sin = core.rotary_emb(h, positions[:, None])
         cache = DynamicCache(config=self.model.config)
 
         def attend(i, q, k, v, scale):
-            # [prompts, heads, width, dim]
-            q, k, v = (x.view(prompts, width, -1, dim).transpose(1, 2) for x in (q, k, v))
-            cache.update(k, v, i)
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=scale,
-                                                                   enable_gqa=heads != kv_heads)
-            return out.transpose(1, 2).reshape(prompts * width, heads * dim)
+            outs, keys, values = [], [], []
+            for start, end in spans:
+                # [1, heads, length, dim]
+                pq, pk, pv = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
+                out = torch.nn.functional.scaled_dot_product_attention(pq, pk, pv, is_causal=True, scale=scale,
+                                                                       enable_gqa=heads != kv_heads)
+                outs.append(out[0].transpose(0, 1).reshape(end - start, heads * dim))
+                pad = (0, 0, width - (end - start), 0)  # zeros before the prompt: its row of the padded cache
+                keys.append(torch.nn.functional.pad(pk, pad))
+                values.append(torch.nn.functional.pad(pv, pad))
+            cache.update(torch.cat(keys), torch.cat(values), i)
+            return torch.cat(outs)
 
-        last = self._stack(h, cos, sin, attend).view(prompts, width, -1)[:, -1]
+        last = self._stack(h, cos, sin, attend)[torch.tensor(ends, device=device) - 1]
         return cache, _matmul(last, self.head)

@@ -22,7 +22,8 @@ computed again; the merged output does not change. A killed driver resumes throu
 manifests as a local run does (``loop.manifest``).
 
 - training (``RayExecutor.train``) stays in the driver, the actors' replicas freed for it, unless
-  ``executor.train_workers`` asks for Ray Train workers: DDP through accelerate across the nodes.
+  ``executor.train_workers`` asks for Ray Train workers: DDP through accelerate across the nodes,
+  or FSDP / DeepSpeed from the accelerate config ``executor.train_config`` names.
 
 Stages reach the executor in two ways: ``stage_model`` hands them, under ray, a ``Replicas``
 where they take a model (``stages.open_sampler`` and ``stages.self_score`` dispatch on it), and
@@ -199,12 +200,14 @@ class RayExecutor:
         from ray.train.torch import TorchConfig, TorchTrainer
 
         from ratchet.loop.ray_worker import train_worker
+        from ratchet.train.runtime import accelerate_env
 
         self._end_actors()  # their CPUs and GPUs go to the trainers (the next stage starts new actors)
         absolute = lambda p: p and (os.path.abspath(p) if os.path.exists(p) else p)  # noqa: E731
         config = {"model": absolute(model), "reference": absolute(reference), "anchor": absolute(anchor),
                   "pairs": os.path.abspath(pairs), "out_dir": os.path.abspath(out_dir), "cfg": cfg,
-                  "options": options, "load_options": self.load_options, "threads": self.cfg.cpus_per_worker}
+                  "options": options, "load_options": self.load_options, "threads": self.cfg.cpus_per_worker,
+                  "accelerate_env": accelerate_env(self.cfg.train_config) if self.cfg.train_config else {}}
         gpu = self.cfg.gpus_per_worker > 0
         trainer = TorchTrainer(
             train_worker, train_loop_config=config, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),

@@ -101,8 +101,11 @@ class Replica:
 def train_worker(config: dict) -> None:
     """One Ray Train worker of the train stage (``RayExecutor.train``): the models loaded from their
     paths, then ``stages.train_model`` as the driver would call it; the process group Ray Train set
-    up (RANK, WORLD_SIZE, MASTER_ADDR in the environment) is what accelerate's DDP runs on."""
+    up (RANK, WORLD_SIZE, MASTER_ADDR in the environment) is what accelerate's DDP runs on, or FSDP
+    or DeepSpeed where ``executor.train_config`` names an accelerate config (its environment, as
+    ``accelerate launch`` would set it, is set here before the trainer builds its ``Accelerator``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.update(config.get("accelerate_env", {}))
     from pathlib import Path
 
     import torch

@@ -53,6 +53,33 @@ def make_accelerator(model, out_dir: Path, log_with: str | list | None = None, *
     return accelerator
 
 
+def accelerate_env(config_file: str) -> dict[str, str]:
+    """The environment ``accelerate launch --config_file config_file`` gives its processes for the
+    training strategy (FSDP, DeepSpeed, mixed precision), computed by accelerate's own launcher,
+    without what places the processes (ranks, addresses, thread counts): where another launcher
+    (Ray Train, ``RayExecutor.train``) starts the processes, ``Accelerator()`` in each then builds
+    what ``accelerate launch`` would. Raises ``ValueError`` for a file accelerate cannot read."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    if not Path(config_file).is_file():
+        raise ValueError(f"no such file: {config_file}")
+    try:
+        # accelerate's launch_command does these steps before it starts processes (a private helper;
+        # tests/train/test_runtime.py runs it on every shipped config, so a change shows there)
+        args, defaults, precision_from_file = _validate_launch_command(
+            launch_command_parser().parse_args(["--config_file", config_file, "train.py"]))
+        if args.use_deepspeed:
+            fields = list(defaults.deepspeed_config) if defaults else []
+            args.deepspeed_fields_from_accelerate_config = ",".join(fields + ["mixed_precision"] * precision_from_file)
+            env = prepare_deepspeed_cmd_env(args)[1]
+        else:
+            env = prepare_multi_gpu_env(args)
+    except (Exception, SystemExit) as e:  # accelerate reports a bad file with ValueError, KeyError, ... or exit
+        raise ValueError(f"accelerate cannot use {config_file}: {' '.join(str(e).split())}") from None
+    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_")) and k != "ACCELERATE_DEBUG_MODE"}
+
+
 @dataclass(frozen=True)
 class Update:
     """What one optimizer update reports."""

@@ -132,6 +132,19 @@ def test_training_on_two_ray_train_workers_matches_one_process(cluster, tmp_path
     summaries = [json.loads((tmp_path / "runs" / n / "round_1" / "train" / "train_summary.json").read_text())
                  for n in ("one", "two")]
     assert summaries[0]["global_batch"] == summaries[1]["global_batch"] == 2
+    assert (summaries[0]["processes"], summaries[0]["distributed"]) == (1, "NO")
+    assert (summaries[1]["processes"], summaries[1]["distributed"], summaries[1]["mixed_precision"]) == \
+        (2, "MULTI_CPU", "no")
+    # executor.train_config: an accelerate config's strategy reaches the workers (here bf16 autocast;
+    # FSDP and DeepSpeed, the reason the key exists, are set up by accelerate on GPUs only)
+    config = tmp_path / "bf16.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nmixed_precision: bf16\n"
+                      "num_machines: 1\nnum_processes: 2\nuse_cpu: true\n")
+    run_loop(load_config(None, overrides + ["name=bf16", "train.batch_size=1", "executor.name=ray",
+                                            "executor.train_workers=2", f"executor.train_config={config}"]),
+             progress=False)
+    bf16 = json.loads((tmp_path / "runs" / "bf16" / "round_1" / "train" / "train_summary.json").read_text())
+    assert (bf16["processes"], bf16["distributed"], bf16["mixed_precision"]) == (2, "MULTI_CPU", "bf16")
 
 
 @pytest.mark.slow

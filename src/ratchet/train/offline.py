@@ -6,7 +6,8 @@ autocast on GPUs. It receives flat arguments, never a config object, and writes 
 
     model/               the trained weights (safetensors) and tokenizer
     train_metrics.jsonl  one row per optimizer step
-    train_summary.json   counts (pairs, skipped rows, truncated completions), time, final metrics
+    train_summary.json   counts (pairs, skipped rows, truncated completions), time, final metrics,
+                         how it was distributed (processes, FSDP/DeepSpeed/DDP, mixed precision)
     checkpoints/         step-N/ every ``checkpoint_every`` steps while training (removed on success)
 
 Step arithmetic: one optimizer step consumes a global batch of
@@ -43,7 +44,7 @@ from ratchet.train.batches import (SKIP_HINT, PairsError, PrepareReport, Step, e
                                    row_format, split_step)
 from ratchet.train.metrics import StepMetrics
 from ratchet.train.reference import cache_key, model_fingerprint, reference_logps
-from ratchet.train.runtime import Progress, make_accelerator, prepare_optimization
+from ratchet.train.runtime import Progress, make_accelerator, prepare_optimization, strategy
 from ratchet.train.step import Needs, micro_batch_loss, needs
 
 
@@ -207,7 +208,7 @@ def train_offline(model, tokenizer, pairs_path: str | Path, out_dir: str | Path,
     summary = {"loss": loss, "params": dataclasses.asdict(params), "pairs": len(examples),
                "skipped": len(report.skipped), "skipped_rows": report.skipped, "truncated": report.truncated,
                "dropped_identical": report.identical, "steps": state.step, "global_batch": global_batch,
-               "seconds": state.seconds, "final": row}
+               "seconds": state.seconds, "final": row, **strategy(accelerator)}
     checkpoint.finish(accelerator, opt.policy, tokenizer, out_dir, summary)
     accelerator.end_training()
     return summary

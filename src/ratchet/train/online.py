@@ -51,7 +51,7 @@ from ratchet.train import checkpoint
 from ratchet.train.batches import pack
 from ratchet.train.metrics import MetricsLog, StepMetrics
 from ratchet.train.reference import compute_reference_logps
-from ratchet.train.runtime import Progress, make_accelerator, prepare_optimization
+from ratchet.train.runtime import Progress, make_accelerator, prepare_optimization, strategy
 
 
 @dataclass
@@ -284,7 +284,7 @@ def train_online(model, tokenizer, prompts: list[dict], out_dir: str | Path, *,
     # ---- the trained model, the summary; checkpoints are no longer needed
     summary = {"loss": loss, "params": dataclasses.asdict(params), "prompts": len(prompts), "steps": state.step,
                "prompts_per_step": per_step, "samples": state.count, "truncated": truncated,
-               "rollout": rollout_config or {}, "seconds": state.seconds, "final": row}
+               "rollout": rollout_config or {}, "seconds": state.seconds, "final": row, **strategy(accelerator)}
     checkpoint.finish(accelerator, opt.policy, tokenizer, out_dir, summary)
     accelerator.end_training()
     return summary

@@ -53,6 +53,13 @@ def make_accelerator(model, out_dir: Path, log_with: str | list | None = None, *
     return accelerator
 
 
+def strategy(accelerator: Accelerator) -> dict:
+    """How a run was distributed, for its summary: processes, accelerate's distributed type (NO,
+    MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED) and mixed precision."""
+    return {"processes": accelerator.num_processes, "distributed": accelerator.distributed_type.value,
+            "mixed_precision": accelerator.mixed_precision}
+
+
 def accelerate_env(config_file: str) -> dict[str, str]:
     """The environment ``accelerate launch --config_file config_file`` gives its processes for the
     training strategy (FSDP, DeepSpeed, mixed precision), computed by accelerate's own launcher,

@@ -96,3 +96,18 @@ def test_sequence_logprobs_match_a_direct_computation(tiny, tiny_tokenizer):
             logits = model(torch.tensor([p + c])).logits[0].float().log_softmax(-1)
         direct = sum(logits[len(p) - 1 + i, tok_id].item() for i, tok_id in enumerate(c))
         assert lp == pytest.approx(direct, abs=1e-4)
+
+
+def test_sequence_logprobs_build_no_autograd_graph(tiny, tiny_tokenizer, monkeypatch):
+    """Scoring is inference: called where gradients are on (a trainer's process), it must not keep
+    every activation for a backward that never comes."""
+    from ratchet.generate import score
+
+    seen = []
+    original = score.completion_logps
+    monkeypatch.setattr(score, "completion_logps",
+                        lambda *a, **kw: seen.append(torch.is_grad_enabled()) or original(*a, **kw))
+    model, tok = tiny
+    with torch.enable_grad():
+        sequence_logprobs(model, tok, [([{"role": "user", "content": "2+2?"}], "Answer: 4", True)])
+    assert seen == [False]

@@ -21,7 +21,6 @@ from ratchet.logprobs import completion_logps
 Messages = list[dict[str, str]]
 
 
-@torch.no_grad()
 def _token_ids(tokenizer, items: Sequence[tuple[Messages, str, bool]]) -> list[tuple[list[int], list[int]]]:
     prompts: dict[str, list[int]] = {}
     return [(cached_prompt_ids(tokenizer, messages, prompts), completion_ids(tokenizer, text, complete))
@@ -41,6 +40,7 @@ def logprob_batches(tokenizer, items: Sequence[tuple[Messages, str, bool]], batc
     return _batches(_token_ids(tokenizer, items), batch_size)
 
 
+@torch.no_grad()
 def sequence_logprobs(model, tokenizer, items: Sequence[tuple[Messages, str, bool]], *,
                       batch_size: int = 32) -> list[tuple[float, int]]:
     """(log pi(y|x), tokens scored) for each (prompt messages, completion text, ended by itself).

@@ -10,7 +10,7 @@ seed, every one at one torch thread per process:
 - ``procs2``: the same shards in 2 plain processes (``multiprocessing``, no Ray): what the machine
   allows 2 workers, so the gap between it and ``ray2`` is Ray's.
 
-The three run side by side in each repetition, in a rotating order, because the CPU is shared and
+The four run side by side in each repetition, in a rotating order, because the CPU is shared and
 its speed drifts; throughput is kept tokens per second (after cutting at a stop string or EOS), and
 the speedup is the median over repetitions of ray2's throughput over local's. The actors load the
 model and sample once before the first repetition, so no timing includes a model load or a process

@@ -26,6 +26,8 @@ modules) get a reason from ``why_not_lean``, and the sampler runs the model's ow
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from transformers import DynamicCache
 
@@ -171,7 +173,7 @@ class LeanStep:
         one process samples (``docs/scaling.md``). Packing also computes no padding."""
         device = self.model.device
         core, heads, kv_heads, dim = self.model.model, self.heads, self.kv_heads, self.head_dim
-        width, ends = max(map(len, prompts)), torch.tensor(list(map(len, prompts))).cumsum(0).tolist()
+        width, ends = max(map(len, prompts)), list(itertools.accumulate(map(len, prompts)))
         spans = list(zip([0] + ends[:-1], ends))
         h = core.embed_tokens(torch.tensor([t for ids in prompts for t in ids], device=device))
         positions = torch.cat([torch.arange(end - start, device=device) for start, end in spans])

@@ -17,7 +17,12 @@ model and sample once before the first repetition, so no timing includes a model
 start. The local Ray cluster is started here with workers + 1 logical CPUs, so the 1-worker and
 the 2-worker actors exist together (only one of them works at a time).
 
-    python benchmarks/ray_scaling.py [--reps 3] [--prompts 32] [--k 8] [--max-new-tokens 96]
+    python benchmarks/ray_scaling.py [--reps 3] [--prompts 128] [--k 8] [--max-new-tokens 96]
+
+128 prompts by default: a round's generate stage in the demo recipe (``task.train_prompts: 128``,
+k=8), about 14 minutes a repetition on 2 cores. With fewer, each worker's shard is a few batches and
+its tail (the last rows finishing one by one) a larger share: 32 prompts gave 1.69 where 128 gave
+1.87 (docs/scaling.md, "Measured here").
 
 A speedup near 2 needs two idle cores: on a machine where another job holds a core, ray2 gets one.
 
@@ -86,6 +91,7 @@ class PlainSampler:
 def main() -> None:
     ap = sampling_arguments(__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2, help="the larger Ray pool (the smaller has 1)")
+    ap.set_defaults(prompts=128)  # a round's generate stage (the module docstring)
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # the Ray workers' processes inherit it
     torch.set_num_threads(1)

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+STAND_INS = Path(__file__).resolve().parent / "stand_ins"
+"""Stand-ins for optional packages this machine cannot run (``vllm``: no GPU), importable only from here."""
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -85,6 +91,18 @@ class LengthJudge:
         from ratchet.judge.base import Judgment
 
         return [Judgment(score=float(len(c)), correct=None) for c in completions]
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch, tmp_path):
+    """``import vllm`` gives ``tests/stand_ins/vllm`` for the test; the path of the log it writes
+    (each engine built, call and shutdown). Forgotten afterwards, so a later test sees no vllm."""
+    log = tmp_path / "vllm-log.jsonl"
+    monkeypatch.syspath_prepend(str(STAND_INS))
+    monkeypatch.setenv("RATCHET_STAND_IN_VLLM_LOG", str(log))
+    yield log
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
 
 
 @pytest.fixture

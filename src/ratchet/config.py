@@ -719,11 +719,23 @@ class RunConfig:
         if self.revise.train_drafts and LOSSES[self.train.loss.name].data != "revision":
             raise ConfigError(f"revise.train_drafts: revision pairs train objectives on revision data (srpo, pit), "
                               f"not {self.train.loss.name!r}; set revise.train_drafts: 0")
+        if self.executor.name == "ray":
+            self._check_ray_samplers()
+
+    def _check_ray_samplers(self) -> None:
+        """Under ray, a stage's sampler runs on every actor: ``cached`` (its per-sample seeds make
+        shards exact) or ``vllm`` (one engine per actor, on the actor's own GPUs)."""
+        executor, tensor_parallel = self.executor, self.generate.vllm.get("tensor_parallel_size", 1)
         for where, sampler in (("generate.sampler", self.generate.sampler),
                                ("evaluate.sampler", self.evaluate.sampler)):
-            if self.executor.name == "ray" and sampler != "cached":  # its per-sample seeds make shards exact
-                raise ConfigError(f"{where}: executor.name: ray shards sampling with the cached sampler only, "
-                                  f"got {sampler!r}")
+            if sampler not in ("cached", "vllm"):  # hf draws per batch: a shard could not draw what the whole draws
+                raise ConfigError(f"{where}: executor.name: ray shards sampling with the cached sampler or vllm "
+                                  f"(one engine per GPU actor), got {sampler!r}")
+            # a fraction of a GPU is allowed (two engines sharing one, each with its gpu_memory_utilization)
+            if sampler == "vllm" and (executor.gpus_per_worker <= 0 or executor.gpus_per_worker < tensor_parallel):
+                raise ConfigError(f"{where}: vllm on Ray runs one engine per actor on the actor's GPUs: set "
+                                  f"executor.gpus_per_worker (> 0, and at least generate.vllm.tensor_parallel_size "
+                                  f"{tensor_parallel}), got {executor.gpus_per_worker:g}")
 
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

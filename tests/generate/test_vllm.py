@@ -40,3 +40,19 @@ def test_without_vllm_a_clear_error():
     assert not is_available()
     with pytest.raises(ImportError, match="ratchet\\[vllm\\]"):
         VLLMSampler("smollm2-135m")
+
+
+def test_a_shard_draws_the_seeds_of_its_prompts_places_in_the_stage(stand_in_vllm, tiny_model_dir):
+    # The stand-in's completions follow each request's seed, as vLLM's seeded sampling does: a shard
+    # given first_index=2 must seed prompts 2.. as the whole call seeds them, or its samples differ.
+    import json
+
+    prompts = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(5)]
+    params = SamplingParams(k=3, temperature=0.8, max_new_tokens=8, seed=4)
+    sampler = VLLMSampler(str(tiny_model_dir))
+    whole = sampler.sample(prompts, params)
+    assert sampler.sample(prompts[2:], params, first_index=2) == whole[2:]
+    assert sampler.sample(prompts[2:], params) != whole[2:]  # seeded as prompts 0.. instead: other samples
+    calls = [json.loads(line) for line in stand_in_vllm.read_text().splitlines()]
+    assert [c["seeds"] for c in calls if c["event"] == "generate"][:2] == [
+        [prompt_seed(4, i) for i in range(5)], [prompt_seed(4, i) for i in range(2, 5)]]

@@ -24,7 +24,7 @@ from ratchet.loop import stages
 from ratchet.loop.executor import split, using
 from ratchet.loop.run import repeat_hashes, run_loop
 
-from conftest import tiny_run_overrides
+from conftest import STAND_INS, tiny_run_overrides
 
 ray = pytest.importorskip("ray")
 
@@ -41,18 +41,24 @@ JUDGE = "judge.name=python:loop.test_ray_executor:length_score"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A 2-CPU local Ray cluster whose workers import this file's judge (tests/ on their PYTHONPATH)."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([saved] if saved else []))
+def cluster(tmp_path_factory):
+    """A 2-CPU local Ray cluster whose workers import this file's judge (tests/ on their PYTHONPATH)
+    and, when asked for it, the vLLM stand-in (``tests/stand_ins``), which logs to the path yielded.
+    Its 2 GPUs are logical (Ray hands them to actors that ask; nothing here uses a real one)."""
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "RATCHET_STAND_IN_VLLM_LOG")}
+    log = tmp_path_factory.mktemp("vllm") / "log.jsonl"
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(STAND_INS)] + [saved["PYTHONPATH"]] * bool(
+        saved["PYTHONPATH"]))
+    os.environ["RATCHET_STAND_IN_VLLM_LOG"] = str(log)
     os.environ["OMP_NUM_THREADS"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    yield log
     ray.shutdown()
-    if saved is None:
-        os.environ.pop("PYTHONPATH")
-    else:
-        os.environ["PYTHONPATH"] = saved
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +84,14 @@ def test_split_covers_the_rows_in_order():
     ("executor.train_config=recipes/accelerate/fsdp.yaml", "executor.train_config: it configures the Ray Train "
                                                            "workers; set executor.train_workers too"),
     ("executor.train_config=nope.yaml executor.train_workers=2", "executor.train_config: no such file: nope.yaml"),
-    ("evaluate.sampler=hf", "evaluate.sampler: executor.name: ray shards sampling with the cached sampler only")])
+    ("evaluate.sampler=hf", "evaluate.sampler: executor.name: ray shards sampling with the cached sampler or vllm "
+                            "(one engine per GPU actor), got 'hf'"),
+    ("generate.sampler=vllm", "generate.sampler: vllm on Ray runs one engine per actor on the actor's GPUs: set "
+                              "executor.gpus_per_worker (> 0, and at least generate.vllm.tensor_parallel_size 1), "
+                              "got 0"),
+    ("evaluate.sampler=vllm executor.gpus_per_worker=1 generate.vllm.tensor_parallel_size=2",
+     "evaluate.sampler: vllm on Ray runs one engine per actor on the actor's GPUs: set executor.gpus_per_worker "
+     "(> 0, and at least generate.vllm.tensor_parallel_size 2), got 1")])
 def test_bad_executor_settings_fail_when_the_recipe_loads(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, ["executor.name=ray", *override.split()])
@@ -105,6 +118,43 @@ def test_a_round_on_ray_writes_the_local_round_byte_for_byte(cluster, tmp_path, 
             "round_1/eval/answers.jsonl", "round_1/eval/judgments.jsonl", "round_1/eval/metrics.json",
             "round_0/eval/answers.jsonl", "summary.json"} <= set(local)
     assert len(read_jsonl(tmp_path / "ray" / "runs" / "r" / "round_1" / "pairs.jsonl")) > 0  # the round trained
+
+
+@pytest.mark.slow
+def test_vllm_engines_on_gpu_actors_write_the_local_round(cluster, tmp_path, tiny_model_dir, monkeypatch,
+                                                           stand_in_vllm):
+    """``sampler: vllm`` under ray: one engine per actor, built with the recipe's ``generate.vllm``
+    options, sampling its shard with the stage's seeds, shut down when its stage ends. vLLM is the
+    stand-in here (its samples follow each request's seed; no GPU on this machine), so the files
+    equal the local run's only if every shard seeds its prompts by their place in the stage.
+    (Before the tests that share ``executor``: its actors would hold the cluster's 2 CPUs.)"""
+    import json
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setenv("RATCHET_STAND_IN_VLLM_LOG", str(cluster))  # the log the workers write to
+    overrides = [o for o in tiny_run_overrides(tmp_path, tiny_model_dir)
+                 if not o.startswith(("judge.", "name=", "runs_dir="))]
+    overrides += [JUDGE, "runs_dir=runs", "name=r", "seed=5", "gate_tolerance=100", "task.train_prompts=7",
+                  "task.heldout_prompts=5", "generate.sampler=vllm", "evaluate.sampler=vllm",
+                  "generate.vllm.gpu_memory_utilization=0.4"]
+    runs = {}
+    for name, executor in (("local", []), ("ray", ["executor.name=ray", "executor.gpus_per_worker=1"])):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)  # the same relative run directory: paths written into files are equal
+        run_loop(load_config(None, overrides + executor), progress=False)
+        runs[name] = repeat_hashes(tmp_path / name / "runs" / "r")
+    local, on_ray = ({k: v for k, v in h.items() if k != "config.yaml"} for h in (runs["local"], runs["ray"]))
+    assert local == on_ray, sorted(k for k in set(local) | set(on_ray) if local.get(k) != on_ray.get(k))
+    assert {"round_1/completions.jsonl", "round_1/eval/answers.jsonl", "round_0/eval/answers.jsonl"} <= set(local)
+    events = [json.loads(line) for line in cluster.read_text().splitlines()]
+    actors = [e for e in events if e["pid"] != os.getpid()]
+    engines = [e for e in actors if e["event"] == "engine"]
+    # 2 actors x 3 sampling stages (round 0's evaluation, round 1's generation and evaluation)
+    assert len({e["pid"] for e in engines}) == 2 and len(engines) == 6
+    assert all(e["kwargs"] == {"gpu_memory_utilization": 0.4} for e in engines)
+    assert sum(e["event"] == "close" for e in actors) == 6  # each stage's engines shut down after it
+    driver_seeds = sorted(s for e in events if e["pid"] == os.getpid() and e["event"] == "generate" for s in e["seeds"])
+    assert sorted(s for e in actors if e["event"] == "generate" for s in e["seeds"]) == driver_seeds
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ Same prompts and same results format as the transformers samplers: prompts are f
 ratchet's own chat templating (``prompt_ids``) and given to vLLM as token ids; stop strings are
 kept in the text; token counts are counted as ``HFSampler`` counts them; completions end on the
 same token ids (``generate.stops``). Each prompt gets its own seed derived from (seed, prompt
-index), so its k completions do not depend on the other prompts.
+index), so its k completions draw the same random numbers whichever prompts share the call (a
+shard of a stage passes ``first_index``, its place in the whole); their logits can still round
+otherwise in another batch (vLLM's kernels are not batch-invariant by default).
 vLLM holds the only copy of the model; the caller should not keep one loaded for sampling.
 """
 
@@ -117,15 +119,17 @@ class VLLMSampler:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def sample(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[Sample]]:
-        """Return, for each prompt in order, ``params.k`` samples."""
+    def sample(self, prompts: Sequence[Messages], params: SamplingParams, first_index: int = 0) -> list[list[Sample]]:
+        """Return, for each prompt in order, ``params.k`` samples; prompt i is seeded as prompt
+        ``first_index + i`` (``first_index``: the place of ``prompts[0]`` in a stage split over workers)."""
         import vllm
 
         if not prompts:
             return []
         requests = [{"prompt_token_ids": ids}
                     for ids in encode_prompts(self.tokenizer, prompts, params.max_new_tokens, self.max_context)]
-        sampling = [vllm.SamplingParams(**vllm_kwargs(params, i, self.stop_ids)) for i in range(len(prompts))]
+        sampling = [vllm.SamplingParams(**vllm_kwargs(params, first_index + i, self.stop_ids))
+                    for i in range(len(prompts))]
         outputs = self.llm.generate(requests, sampling, use_tqdm=self.progress)
         return [[to_sample(o, self.tokenizer, params, self.stop_ids) for o in out.outputs] for out in outputs]
 

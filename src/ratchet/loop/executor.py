@@ -9,8 +9,9 @@ order, so they write the files a local run writes, byte for byte:
   (``round_<r>/train/model``) on storage every node sees, so weights need no sync of their own; an
   actor loads the next round's model when a call names it. Prompts are split into contiguous
   shards, one per actor; prompt i keeps the seed of its index in the whole stage
-  (``CachedSampler.sample(..., first_index=offset)``). Log-probs go by whole local batches
-  (``Replica.logprob_batches``).
+  (``CachedSampler.sample(..., first_index=offset)``). With ``sampler: vllm`` each actor holds
+  a vLLM engine on its GPU instead (``executor.gpus_per_worker``), seeded per prompt the same way.
+  Log-probs go by whole local batches (``Replica.logprob_batches``).
 - judging goes to Ray tasks, a judge (and so a code sandbox) per task, one row per task for judges
   that run code and ``workers`` chunks of rows for the others; when the actors hold every CPU of the
   cluster (a small one) the idle actors take those calls instead, a judge per call all the same. A
@@ -264,8 +265,9 @@ class Replicas:
     def name_or_path(self) -> str:
         return self.path
 
-    def sampler(self, *, batch_size: int, progress) -> "RaySampler":
-        return RaySampler(self.executor.replicas(), self.path, batch_size, progress)
+    def sampler(self, *, batch_size: int, progress, name: str = "cached", vllm: dict | None = None) -> "RaySampler":
+        """The stage's sampler ``name`` (``cached``, or ``vllm`` with options ``vllm``) on every actor."""
+        return RaySampler(self.executor.replicas(), self.path, batch_size, progress, name, vllm)
 
     def sequence_logprobs(self, items: list, *, batch_size: int) -> list[tuple[float, int]]:
         """``generate.score.sequence_logprobs`` of ``items``, its local batches dealt round-robin to
@@ -285,17 +287,25 @@ class Replicas:
 
 class RaySampler:
     """The ``Sampler`` protocol over actors: contiguous shards of the prompts, one per actor, each
-    sampled by the actor's ``CachedSampler`` with the stage's own prompt indices as seeds."""
+    sampled by the actor's ``CachedSampler`` (or vLLM engine, ``name="vllm"``) with the stage's own
+    prompt indices as seeds. ``close`` shuts the actors' vLLM engines down, as a local stage's
+    sampler is closed, so the GPUs are free for the next stage."""
 
-    def __init__(self, actors: list, path: str, batch_size: int, progress):
+    def __init__(self, actors: list, path: str, batch_size: int, progress, name: str = "cached",
+                 vllm: dict | None = None):
         self.actors, self.path, self.batch_size, self.progress = actors, path, batch_size, progress
+        self.name, self.vllm = name, dict(vllm or {})
 
     def sample(self, prompts, params) -> list:
         shards = split(len(prompts), len(self.actors))
-        refs = [actor.sample.remote(self.path, list(prompts[lo:hi]), params, lo, self.batch_size)
+        refs = [actor.sample.remote(self.path, list(prompts[lo:hi]), params, lo, self.batch_size, self.name, self.vllm)
                 for actor, (lo, hi) in zip(self.actors, shards)]
         desc = self.progress if isinstance(self.progress, str) else "generate"
         return [samples for part in gather(refs, desc=desc if self.progress else None) for samples in part]
+
+    def close(self) -> None:
+        if self.name == "vllm":
+            gather([actor.close_engine.remote() for actor in self.actors])
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:

@@ -5,7 +5,10 @@ A replica computes exactly what the local stage computes for its rows:
 
 - sampling (``CachedSampler``) draws completion j of prompt i from a generator seeded from
   (seed, i, j) (``generate.engine._generator``); a replica given prompts ``offset..`` of the stage
-  seeds them with their index in the whole stage, so a shard draws the numbers the local stage draws;
+  seeds them with their index in the whole stage, so a shard draws the numbers the local stage draws.
+  With ``sampler: vllm`` the replica is a vLLM engine on the actor's GPU instead (no transformers
+  copy of the model), seeded the same way per prompt (its kernels may still round otherwise
+  than one engine over the whole stage would);
 - log-probs (``generate.score.sequence_logprobs``) are computed one local batch at a time: the
   driver sends each batch exactly as the local stage forms it (``logprob_batches``), so each
   forward sees the same rows, padding and order.
@@ -42,6 +45,7 @@ class Replica:
         torch.set_num_threads(threads)
         self.load_options, self.path = load_options, None
         self.model = self.tokenizer = None
+        self.engine, self.engine_key = None, None  # a vLLM engine (``sampler: vllm``) and what it was built from
 
     def _use(self, path: str) -> None:
         from ratchet.models import load_model
@@ -52,10 +56,33 @@ class Replica:
             self.model.eval()
             self.path = path
 
+    def _vllm(self, path: str, options: dict):
+        """The vLLM engine of ``path`` with ``generate.vllm`` ``options``, started on first use and
+        kept for the stage's later calls (starting one takes a minute); the GPU is the engine's alone,
+        so a held transformers model is freed first."""
+        from ratchet.generate.vllm import VLLMSampler
+        from ratchet.models import resolve_model
+
+        key = (path, sorted(options.items()))
+        if key != self.engine_key:
+            self.unload()
+            # the directory load_model would read (a hub id at the recipe's revision), as the local stage passes
+            where = resolve_model(path, revision=self.load_options.get("revision"))
+            self.engine = VLLMSampler(where, progress=False, **options)
+            self.engine_key = key
+        return self.engine
+
+    def close_engine(self) -> None:
+        """Shut the vLLM engine down, if one runs (its stage is over: the GPU memory goes to the next)."""
+        if self.engine is not None:
+            self.engine.close()
+        self.engine = self.engine_key = None
+
     def unload(self) -> None:
         """Free the model's memory (the driver is about to train)."""
         import torch
 
+        self.close_engine()
         self.model = self.tokenizer = self.path = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -63,15 +90,20 @@ class Replica:
     def pid(self) -> int:
         return os.getpid()
 
-    def sample(self, path: str, prompts: list, params, offset: int, batch_size: int):
-        """``params.k`` samples of each prompt, prompt i seeded as prompt ``offset + i``."""
+    def sample(self, path: str, prompts: list, params, offset: int, batch_size: int, sampler: str = "cached",
+               vllm: dict | None = None):
+        """``params.k`` samples of each prompt, prompt i seeded as prompt ``offset + i``, by ``sampler``:
+        ``cached`` (``CachedSampler`` on the replica) or ``vllm`` (an engine with options ``vllm``)."""
         from ratchet.generate.base import PromptTooLongError
         from ratchet.generate.engine import CachedSampler
 
-        self._use(path)
-        sampler = CachedSampler(self.model, self.tokenizer, batch_size=batch_size, progress=False)
+        if sampler == "vllm":
+            engine = self._vllm(path, dict(vllm or {}))
+        else:
+            self._use(path)
+            engine = CachedSampler(self.model, self.tokenizer, batch_size=batch_size, progress=False)
         try:
-            return sampler.sample(prompts, params, first_index=offset)
+            return engine.sample(prompts, params, first_index=offset)
         except PromptTooLongError as e:
             index = None if e.index is None else offset + e.index
             return Failure(PromptTooLongError, str(e).replace(f"prompt {e.index} ", f"prompt {index} ", 1), index)

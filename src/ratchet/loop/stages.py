@@ -49,7 +49,7 @@ def open_sampler(name: str, model, tokenizer, *, batch_size: int, progress: bool
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
     extra = (vllm or {}) if name == "vllm" else {}
     if isinstance(model, Replicas):  # executor ray: the rows split over the actors holding the model
-        sampler = model.sampler(batch_size=batch_size, progress=progress)
+        sampler = model.sampler(batch_size=batch_size, progress=progress, name=name, vllm=extra)
     else:
         sampler = SAMPLERS[name](model, tokenizer, batch_size=batch_size, progress=progress, **extra)
     try:

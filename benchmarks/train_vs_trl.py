@@ -21,8 +21,8 @@ checkpointing on) plus fp32 on CPU (``use_cpu=True``, ``bf16=False``) and
 ``precompute_ref_log_probs=True``, its best setting here (about the same speed as the default,
 which keeps a second model and runs it every step, and less memory); ``--trl-precompute off``
 runs the default. ratchet runs its batch of 8 one pair per forward pass
-(``max_forward_tokens=256``; gradients accumulate, the optimizer step is the same) without
-gradient checkpointing; ``--ratchet-mode checkpoint`` runs it as one forward of 8 pairs with
+(``max_forward_tokens=256``, ``--max-forward-tokens``; gradients accumulate, the optimizer step is
+the same) without gradient checkpointing; ``--ratchet-mode checkpoint`` runs it as one forward of 8 pairs with
 gradient checkpointing instead, like TRL.
 
 Threads: ``--threads`` (default 1) is applied to both children (``torch.set_num_threads`` and
@@ -147,7 +147,8 @@ class ModelFlops:
         self.pairs[kind] += pairs
 
 
-def run_ratchet(pairs_file: Path, batch_size: int, work: Path, mode: str = "split", share: bool = True) -> dict:
+def run_ratchet(pairs_file: Path, batch_size: int, work: Path, mode: str = "split", share: bool = True,
+                max_forward_tokens: int = 256) -> dict:
     import torch
 
     import ratchet.train.reference
@@ -167,7 +168,7 @@ def run_ratchet(pairs_file: Path, batch_size: int, work: Path, mode: str = "spli
     summary = train_offline(model, tokenizer, fresh, work / "out", loss="dpo", loss_params={"beta": BETA}, lr=LR,
                     batch_size=batch_size, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
                     max_grad_norm=1.0, shuffle=False, checkpoint_every=0, progress=False, share_prompt=share,
-                    **({"max_forward_tokens": 256} if mode == "split" else {"gradient_checkpointing": True}))
+                    **({"max_forward_tokens": max_forward_tokens} if mode == "split" else {"gradient_checkpointing": True}))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = [json.loads(line) for line in (work / "out" / "train_metrics.jsonl").read_text().splitlines()]
     flops = sum(counter.flops.values())
@@ -225,7 +226,8 @@ def child(system: str, pairs_file: Path, result: Path, args) -> None:
     batch_size, trl_precompute = args.batch_size, args.trl_precompute == "on"
     with tempfile.TemporaryDirectory(prefix=f"bench-{system}-") as work:
         if system == "ratchet":
-            out = run_ratchet(pairs_file, batch_size, Path(work), args.ratchet_mode, args.share_prompt == "on")
+            out = run_ratchet(pairs_file, batch_size, Path(work), args.ratchet_mode, args.share_prompt == "on",
+                              args.max_forward_tokens)
         else:
             out = run_trl(pairs_file, batch_size, Path(work), trl_precompute)
     result.write_text(json.dumps(out))
@@ -235,7 +237,8 @@ def _spawn(system: str, pairs_file: Path, args, work: Path, rep: int) -> dict:
     result = work / f"{system}-{rep}.json"
     cmd = [sys.executable, __file__, "--child", system, "--pairs-file", str(pairs_file), "--batch-size",
            str(args.batch_size), "--result", str(result), "--trl-precompute", args.trl_precompute,
-           "--threads", str(args.threads), "--ratchet-mode", args.ratchet_mode, "--share-prompt", args.share_prompt]
+           "--threads", str(args.threads), "--ratchet-mode", args.ratchet_mode, "--share-prompt", args.share_prompt,
+           "--max-forward-tokens", str(args.max_forward_tokens)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -258,6 +261,9 @@ def main() -> None:
     ap.add_argument("--ratchet-mode", choices=["split", "checkpoint"], default="split",
                     help="split: one pair per forward, no gradient checkpointing; checkpoint: 8 pairs per forward "
                          "with gradient checkpointing")
+    ap.add_argument("--max-forward-tokens", type=int, default=256,
+                    help="split mode: packed tokens per forward pass (256: one pair; the trainer's default, none, "
+                         "runs the whole micro-batch at once)")
     ap.add_argument("--share-prompt", choices=["on", "off"], default="on",
                     help="ratchet's shared-prefix packing (train_offline share_prompt): on, or off (one row per "
                          "sequence in training and in the reference pass: the layout before it)")

@@ -291,3 +291,31 @@ def test_slot_cache_window_never_shows_unwritten_memory():
     assert cache.window == (1, 6) and cache.used == 6
     assert not layer.keys.isnan().any() and not layer.values.isnan().any()
     assert layer.keys[2, 0, :, 0].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_softmax_numerator_is_softmax_unnormalised_and_row_independent():
+    logits = torch.randn(9, 300, generator=torch.Generator().manual_seed(1)) * 5
+    weights = engine.softmax_numerator(logits, 0.7)
+    assert torch.allclose(weights / weights.sum(-1, keepdim=True), torch.softmax(logits / 0.7, -1), atol=1e-7)
+    assert torch.equal(weights.amax(-1), torch.ones(9))  # exp(0) at each row's largest logit
+    work = engine.weights_buffer(9, 300, "cpu")  # 300 columns rounded up to 512, zero past the vocabulary
+    assert work.shape == (9, 512)
+    into = engine.softmax_numerator(logits[:4], 0.7, work)
+    assert into.shape == (4, 512) and torch.equal(into[:, :300], weights[:4]) and not into[:, 300:].any()
+    # a row's weights are the same bits computed alone, in a buffer or with other rows
+    assert all(torch.equal(engine.softmax_numerator(logits[r:r + 1], 0.7)[0], weights[r]) for r in range(9))
+
+
+def test_sampling_with_a_buffer_equals_sampling_without():
+    logits = torch.randn(64, 1000, generator=torch.Generator().manual_seed(2)) * 3
+    params = SamplingParams(temperature=0.8)
+
+    def draw(work=None):
+        generators = [torch.Generator().manual_seed(i) for i in range(64)]
+        return sample_tokens(logits, params, generators, work)
+
+    assert torch.equal(draw(engine.weights_buffer(64, 1000, "cpu")), draw())
+    # inverse-CDF sampling scales by the row's total: weights x 8 (exact in floats) pick the same tokens
+    u = torch.rand(64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    weights = engine.softmax_numerator(logits, 0.8)
+    assert torch.equal(engine.invert_cdf(weights * 8, u), engine.invert_cdf(weights, u))

@@ -169,10 +169,10 @@ def _logits_per_sample(sampler, prompts, params, first_index=0) -> dict:
     seen: dict[int, list[torch.Tensor]] = {}
     original = engine.sample_tokens
 
-    def spy(logits, params, generators):
+    def spy(logits, params, generators, *args):
         for row, generator in zip(logits, generators):
             seen.setdefault(generator.initial_seed(), []).append(row.clone())
-        return original(logits, params, generators)
+        return original(logits, params, generators, *args)
 
     engine.sample_tokens = spy
     try:

@@ -200,30 +200,58 @@ def _nucleus(probs: torch.Tensor, top_p: float, candidates: int = 256) -> tuple[
     return top * ((cum - top) < top_p), order
 
 
-def sample_tokens(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator]) -> torch.Tensor:
+BLOCK = 256
+"""Tokens per block of ``invert_cdf``'s first level."""
+
+
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator],
+                  work: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of ``logits`` [rows, vocab]: greedy, or temperature + top-p.
 
     Sampling inverts the cumulative distribution at one uniform number per row, drawn from that
-    row's own generator, so a row's token never depends on the other rows' randomness."""
+    row's own generator, so a row's token never depends on the other rows' randomness. Without
+    top-p it inverts softmax's numerator, unnormalised (``softmax_numerator``, in ``work`` when
+    given), where softmax and a float64 copy of its output allocated three vocabulary-wide tensors
+    a step. In a 16-prompt SmolLM2 call (about 30 s, one thread) sampling took 1.01 and 1.10 s
+    against 1.79 and 1.02 s before, with the same 256 samples (measured; a few percent of a call)."""
     if params.temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / params.temperature if params.temperature != 1 else logits, dim=-1,
-                          dtype=torch.float32)
-    order = None
-    if params.top_p < 1:
-        probs, order = _nucleus(probs, params.top_p)
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(probs.device)
-    picked = invert_cdf(probs, u)
-    return picked if order is None else order.gather(-1, picked[:, None]).squeeze(-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(logits.device)
+    if params.top_p >= 1:
+        return invert_cdf(softmax_numerator(logits, params.temperature, work), u)
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1, dtype=torch.float32)
+    probs, order = _nucleus(probs, params.top_p)
+    return order.gather(-1, invert_cdf(probs, u)[:, None]).squeeze(-1)
 
 
-def invert_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
+def softmax_numerator(logits: torch.Tensor, temperature: float, work: torch.Tensor | None = None) -> torch.Tensor:
+    """exp(x - max x) per row, x = logits / temperature, in float32: softmax without its normalising
+    division (``invert_cdf`` scales by the row's total instead). Written into the first rows of
+    ``work`` [rows, columns >= vocab] when given, whose columns past the vocabulary must be zero (a
+    width that is a multiple of ``BLOCK`` spares ``invert_cdf`` its padding copy); those rows are
+    returned. The operations run row by row on a row's own columns, so a row's weights do not
+    depend on how many rows there are."""
+    rows, vocab = logits.shape
+    out = logits.new_empty(rows, vocab, dtype=torch.float32) if work is None else work[:rows]
+    x = out[:, :vocab]
+    torch.div(logits.float(), temperature, out=x)
+    x.sub_(x.amax(-1, keepdim=True)).exp_()
+    return out
+
+
+def weights_buffer(rows: int, vocab: int, device) -> torch.Tensor:
+    """A zeroed float32 ``work`` buffer for ``sample_tokens``: ``rows`` x vocab rounded up to ``BLOCK``."""
+    return torch.zeros(rows, -(-vocab // BLOCK) * BLOCK, dtype=torch.float32, device=device)
+
+
+def invert_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
     """Per row, the index i with cdf[i - 1] <= u * total < cdf[i], where cdf sums ``probs`` [rows, n].
 
     In float64, so rare tokens keep their share (a float32 cumsum near 1 moves each token's share
     by up to ~3e-8, more than a rare token's whole probability), and in two levels, blocks then
     tokens within the chosen block: 7x faster here than a float64 cumsum over the vocabulary.
-    Zero-probability tokens are never chosen."""
+    ``probs`` need not sum to 1 (the target is ``u`` times the row's total). Zero-probability
+    tokens are never chosen."""
     rows, n = probs.shape
     padded = torch.nn.functional.pad(probs, (0, -n % block)) if n % block else probs  # pad copies: only if needed
     blocks = padded.reshape(rows, -1, block)
@@ -265,13 +293,15 @@ class _Progress:
 
 class _Batch:
     """The rows being decoded: cache, attention mask over the cache window, next position ids,
-    next-token logits, and per row its (prompt, sample) pair, generator and tokens so far."""
+    next-token logits (from the last forward or admission until they are sampled), and per row its
+    (prompt, sample) pair, generator and tokens so far."""
 
     def __init__(self, rows: int, capacity: int, origin: int, k: int, seed: int, first_index: int = 0):
         self.rows, self.capacity, self.origin, self.k, self.seed = rows, capacity, origin, k, seed
         self.first_index = first_index  # prompt i is seeded as prompt first_index + i (a shard of a stage)
         self.cache: SlotCache | None = None
         self.mask = self.positions = self.logits = None
+        self.work: torch.Tensor | None = None  # sample_tokens' buffer, made at the first admission
         self.seqs: list[tuple[int, int]] = []
         self.generators: list[torch.Generator] = []
         self.tokens: list[list[int]] = []
@@ -287,6 +317,7 @@ class _Batch:
             self.cache = SlotCache(prefilled, self.rows, self.capacity, self.origin)
             self.mask = prompt_mask.new_zeros(0, 0)
             self.positions, self.logits = prompt_mask.new_zeros(0), logits.new_zeros(0, logits.shape[-1])
+            self.work = weights_buffer(self.rows, logits.shape[-1], logits.device)
         index = torch.tensor([r for r, _, _ in rows], dtype=torch.long, device=logits.device)
         old_start, end = self.cache.window
         self.cache.admit(prefilled, index=index)
@@ -305,7 +336,10 @@ class _Batch:
         """Remove finished rows; return the order of the rows kept (see ``drop_rows``)."""
         order = drop_rows(self.cache, done)
         keep = torch.tensor(order, dtype=torch.long, device=self.mask.device)
-        self.mask, self.positions, self.logits = self.mask[keep], self.positions[keep], self.logits[keep]
+        self.mask, self.positions = self.mask[keep], self.positions[keep]
+        # The logits were sampled from: the next forward replaces them before they are read (it runs
+        # whenever rows are left), so they are not copied (a vocabulary-wide gather per step).
+        self.logits = self.logits[:0]
         self.seqs = [self.seqs[r] for r in order]
         self.generators = [self.generators[r] for r in order]
         self.tokens = [self.tokens[r] for r in order]
@@ -391,7 +425,7 @@ class CachedSampler:
                         prefilled = self._prefill([encoded[i] for i in group], lean)
                         pending = deque((r, i, j) for r, i in enumerate(group) for j in range(k))
                     batch.admit([pending.popleft() for _ in range(min(rows - len(batch), len(pending)))], *prefilled)
-                tokens = sample_tokens(batch.logits, params, batch.generators)
+                tokens = sample_tokens(batch.logits, params, batch.generators, batch.work)
                 done = self._advance(batch, tokens.tolist(), params, out, bar)
                 if any(done):
                     tokens = tokens[torch.tensor(batch.drop(done), dtype=torch.long, device=tokens.device)]

@@ -229,8 +229,8 @@ def softmax_numerator(logits: torch.Tensor, temperature: float, work: torch.Tens
     division (``invert_cdf`` scales by the row's total instead). Written into the first rows of
     ``work`` [rows, columns >= vocab] when given, whose columns past the vocabulary must be zero (a
     width that is a multiple of ``BLOCK`` spares ``invert_cdf`` its padding copy); those rows are
-    returned. The operations run row by row on a row's own columns, so a row's weights do not
-    depend on how many rows there are."""
+    returned. Elementwise operations and a maximum per row: a row's weights are the same bits
+    whatever the number of rows (tested), as the sharded stages need (docs/scaling.md, "Exact")."""
     rows, vocab = logits.shape
     out = logits.new_empty(rows, vocab, dtype=torch.float32) if work is None else work[:rows]
     x = out[:, :vocab]

@@ -20,9 +20,9 @@ the 2-worker actors exist together (only one of them works at a time).
     python benchmarks/ray_scaling.py [--reps 3] [--prompts 128] [--k 8] [--max-new-tokens 96]
 
 128 prompts by default: a round's generate stage in the demo recipe (``task.train_prompts: 128``,
-k=8), about 14 minutes a repetition on 2 cores. With fewer, each worker's shard is a few batches and
-its tail (the last rows finishing one by one) a larger share: 32 prompts gave 1.69 where 128 gave
-1.87 (docs/scaling.md, "Measured here").
+k=8), about 14 minutes a repetition on 2 cores, long enough to average the drift of a shared host's
+speed; 32-prompt repetitions (a minute a way) ranged from 1.42 to 2.06 in one run
+(docs/scaling.md, "Measured here").
 
 A speedup near 2 needs two idle cores: on a machine where another job holds a core, ray2 gets one.
 

@@ -98,22 +98,28 @@ def test_bad_executor_settings_fail_when_the_recipe_loads(override, message):
     assert load_config(None, []).executor == ExecutorConfig(name="local")  # the default: as before Ray
 
 
-@pytest.mark.slow
-def test_a_round_on_ray_writes_the_local_round_byte_for_byte(cluster, tmp_path, tiny_model_dir, monkeypatch):
+def _the_round_here_and_on_ray(tmp_path, model_dir, monkeypatch, overrides: list[str], on_ray: list[str]) -> dict:
+    """One round run locally and with ``executor.name=ray`` plus ``on_ray``, from two working
+    directories with the same relative run directory (so paths written into files are equal); asserts
+    every file but config.yaml is byte-identical and returns the files' hashes."""
     monkeypatch.syspath_prepend(str(TESTS))
-    # the same relative runs_dir and name from two working directories: paths written into files are equal
-    overrides = [o for o in tiny_run_overrides(tmp_path, tiny_model_dir)
-                 if not o.startswith(("judge.", "name=", "runs_dir="))]
-    overrides += [JUDGE, "runs_dir=runs", "name=r", "seed=5", "gate_tolerance=100", "task.train_prompts=7",
-                  "task.heldout_prompts=5", "generate.batch_size=4"]
+    base = [o for o in tiny_run_overrides(tmp_path, model_dir) if not o.startswith(("judge.", "name=", "runs_dir="))]
+    base += [JUDGE, "runs_dir=runs", "name=r", "seed=5", "gate_tolerance=100", "task.train_prompts=7",
+             "task.heldout_prompts=5", *overrides]
     runs = {}
-    for name in ("local", "ray"):
+    for name, executor in (("local", []), ("ray", ["executor.name=ray", *on_ray])):
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
-        run_loop(load_config(None, overrides + [f"executor.name={name}"]), progress=False)
-        runs[name] = repeat_hashes(tmp_path / name / "runs" / "r")
-    local, on_ray = ({k: v for k, v in h.items() if k != "config.yaml"} for h in (runs["local"], runs["ray"]))
-    assert local == on_ray, sorted(k for k in set(local) | set(on_ray) if local.get(k) != on_ray.get(k))
+        run_loop(load_config(None, base + executor), progress=False)
+        runs[name] = {k: v for k, v in repeat_hashes(tmp_path / name / "runs" / "r").items() if k != "config.yaml"}
+    local, ray_run = runs["local"], runs["ray"]
+    assert local == ray_run, sorted(k for k in set(local) | set(ray_run) if local.get(k) != ray_run.get(k))
+    return local
+
+
+@pytest.mark.slow
+def test_a_round_on_ray_writes_the_local_round_byte_for_byte(cluster, tmp_path, tiny_model_dir, monkeypatch):
+    local = _the_round_here_and_on_ray(tmp_path, tiny_model_dir, monkeypatch, ["generate.batch_size=4"], [])
     assert {"round_1/completions.jsonl", "round_1/judgments.jsonl", "round_1/pairs.jsonl",
             "round_1/eval/answers.jsonl", "round_1/eval/judgments.jsonl", "round_1/eval/metrics.json",
             "round_0/eval/answers.jsonl", "summary.json"} <= set(local)
@@ -130,21 +136,10 @@ def test_vllm_engines_on_gpu_actors_write_the_local_round(cluster, tmp_path, tin
     (Before the tests that share ``executor``: its actors would hold the cluster's 2 CPUs.)"""
     import json
 
-    monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setenv("RATCHET_STAND_IN_VLLM_LOG", str(cluster))  # the log the workers write to
-    overrides = [o for o in tiny_run_overrides(tmp_path, tiny_model_dir)
-                 if not o.startswith(("judge.", "name=", "runs_dir="))]
-    overrides += [JUDGE, "runs_dir=runs", "name=r", "seed=5", "gate_tolerance=100", "task.train_prompts=7",
-                  "task.heldout_prompts=5", "generate.sampler=vllm", "evaluate.sampler=vllm",
-                  "generate.vllm.gpu_memory_utilization=0.4"]
-    runs = {}
-    for name, executor in (("local", []), ("ray", ["executor.name=ray", "executor.gpus_per_worker=1"])):
-        (tmp_path / name).mkdir()
-        monkeypatch.chdir(tmp_path / name)  # the same relative run directory: paths written into files are equal
-        run_loop(load_config(None, overrides + executor), progress=False)
-        runs[name] = repeat_hashes(tmp_path / name / "runs" / "r")
-    local, on_ray = ({k: v for k, v in h.items() if k != "config.yaml"} for h in (runs["local"], runs["ray"]))
-    assert local == on_ray, sorted(k for k in set(local) | set(on_ray) if local.get(k) != on_ray.get(k))
+    local = _the_round_here_and_on_ray(tmp_path, tiny_model_dir, monkeypatch, [
+        "generate.sampler=vllm", "evaluate.sampler=vllm", "generate.vllm.gpu_memory_utilization=0.4"],
+        ["executor.gpus_per_worker=1"])
     assert {"round_1/completions.jsonl", "round_1/eval/answers.jsonl", "round_0/eval/answers.jsonl"} <= set(local)
     events = [json.loads(line) for line in cluster.read_text().splitlines()]
     actors = [e for e in events if e["pid"] != os.getpid()]

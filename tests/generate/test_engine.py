@@ -134,6 +134,8 @@ def test_rows_refilled_as_they_finish_match_hf_alone(varied):
     assert {s.finish_reason for samples in ours for s in samples} >= {"stop"}
     prefills = [n for n, shape in enumerate(calls) if shape[1] > 1]
     assert len(prefills) >= 2 and prefills[1] > 1, "a later prompt should join after decoding began"
+    # Each prefill takes a batch's worth of prompts (4 rows / k 2), not one prompt per freed row.
+    assert [calls[n][0] for n in prefills] == [2, 2]
 
 
 def test_eos_ends_a_completion_before_the_eos_token(varied):

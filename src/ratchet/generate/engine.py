@@ -7,9 +7,11 @@ CPU. Compared with ``model.generate(num_return_sequences=k)`` (``HFSampler``), i
 - keeps the KV cache in one preallocated buffer, so appending a token writes in place
   (``DynamicCache`` concatenates the whole cache every step: 37% of a 64-row decode step of
   SmolLM2-135M on CPU);
-- drops finished rows at once, and admits the next samples into the freed rows, one row each (a
-  prompt is prefilled when its first sample is admitted, in length order, and its cache waits for
-  the rest), so every step runs ``batch_size`` live rows until the queue is empty (``generate``
+- drops finished rows at once, and admits the next samples into the freed rows, one row each
+  (prompts are prefilled in length order, a batch's worth at a time, ``ceil(batch_size / k)``,
+  when the first of them is needed, and their caches wait for their samples' turn: a prefill's
+  cost per prompt falls with the prompts it takes, docs/generation.md), so every step runs
+  ``batch_size`` live rows until the queue is empty (``generate``
   runs every row of a batch until its longest finishes, and a decode step's fixed cost, reading
   all weights, is paid per step);
 - checks stop strings on the decoded tail of each row only;
@@ -418,8 +420,8 @@ class CachedSampler:
         with torch.inference_mode():
             while queue or pending or len(batch):
                 while len(batch) < rows and (queue or pending):
-                    if not pending:  # prefill enough prompts for the free rows; their k samples wait their turn
-                        group = [queue.popleft() for _ in range(min(-(-(rows - len(batch)) // k), len(queue)))]
+                    if not pending:  # prefill a batch's worth of prompts; their k samples wait their turn
+                        group = [queue.popleft() for _ in range(min(-(-rows // k), len(queue)))]
                         prefilled = self._prefill([encoded[i] for i in group], lean)
                         pending = deque((r, i, j) for r, i in enumerate(group) for j in range(k))
                     batch.admit([pending.popleft() for _ in range(min(rows - len(batch), len(pending)))], *prefilled)

@@ -731,7 +731,7 @@ class RunConfig:
             if sampler not in ("cached", "vllm"):  # hf draws per batch: a shard could not draw what the whole draws
                 raise ConfigError(f"{where}: executor.name: ray shards sampling with the cached sampler or vllm "
                                   f"(one engine per GPU actor), got {sampler!r}")
-            # a fraction of a GPU is allowed (two engines sharing one, each with its gpu_memory_utilization)
+            # a whole GPU per engine at least (a fraction fails: tensor_parallel_size is at least 1)
             if sampler == "vllm" and (executor.gpus_per_worker <= 0 or executor.gpus_per_worker < tensor_parallel):
                 raise ConfigError(f"{where}: vllm on Ray runs one engine per actor on the actor's GPUs: set "
                                   f"executor.gpus_per_worker (> 0, and at least generate.vllm.tensor_parallel_size "

@@ -5,9 +5,10 @@ import math
 import torch
 
 from ratchet.data.tokenize import prompt_ids, tokenize_completion
-from ratchet.logprobs import completion_logps
+from ratchet import logprobs
+from ratchet.logprobs import completion_logps, packed_logps
 from ratchet.losses import LOSSES
-from ratchet.train.batches import PairExample, collate
+from ratchet.train.batches import PairExample, collate, pack
 from ratchet.train.reference import compute_reference_logps
 from ratchet.train.step import pair_loss
 
@@ -73,3 +74,37 @@ def test_dpo_is_ln2_when_policy_equals_reference(tiny):
                     ref_chosen_logps=ref["ref_chosen_logps"], ref_rejected_logps=ref["ref_rejected_logps"],
                     chosen_lengths=batch.lengths[:2], rejected_lengths=batch.lengths[2:])
     torch.testing.assert_close(out.loss, torch.full((2,), math.log(2)), atol=1e-5, rtol=0)
+
+
+def test_a_tied_embedding_gets_a_sparse_gradient_and_the_same_total(tiny, monkeypatch):
+    """The embedding's own share of a tied weight's gradient is sparse (the rows of the tokens
+    present, not a second dense V x H tensor); the weight's total gradient stays dense and equals
+    what the dense embedding gradient gives."""
+    model, tok = tiny
+    decoder, head = logprobs._decoder_and_head(model)
+    ids = torch.tensor([[5, 7, 5, 9]])
+    embeds = logprobs._tied_embeddings_sparse_grad(decoder, head, ids)
+    (own,) = torch.autograd.grad((embeds * torch.randn_like(embeds)).sum(), head.weight)
+    assert own.is_sparse and sorted(set(own.coalesce().indices()[0].tolist())) == [5, 7, 9]
+    torch.testing.assert_close(embeds, decoder.embed_tokens(ids), atol=0, rtol=0)
+    batch = pack([PairExample(1, *_seqs(tok, 2))], ("chosen", "rejected"), tok.pad_token_id, share_prompt=True)
+    sparse = torch.autograd.grad(packed_logps(model, **batch.model_inputs("cpu")).sum(), head.weight)[0]
+    monkeypatch.setattr(logprobs, "_tied_embeddings_sparse_grad", lambda *a: None)  # the dense embedding gradient
+    dense = torch.autograd.grad(packed_logps(model, **batch.model_inputs("cpu")).sum(), head.weight)[0]
+    assert sparse.layout == dense.layout == torch.strided
+    torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
+
+
+def test_no_sparse_embedding_where_it_would_be_wrong(tiny):
+    """Untied (the embedding has its own dense gradient, which the optimizer needs), frozen (no
+    gradient), or outside autograd: the decoder embeds the ids itself."""
+    model, _ = tiny
+    decoder, head = logprobs._decoder_and_head(model)
+    ids = torch.tensor([[5, 7]])
+    assert logprobs._tied_embeddings_sparse_grad(decoder, head, ids) is not None
+    with torch.no_grad():
+        assert logprobs._tied_embeddings_sparse_grad(decoder, head, ids) is None
+    untied = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+    assert logprobs._tied_embeddings_sparse_grad(decoder, untied, ids) is None
+    head.weight.requires_grad_(False)
+    assert logprobs._tied_embeddings_sparse_grad(decoder, head, ids) is None

@@ -77,6 +77,27 @@ def supports_4d_mask(model) -> bool:
     return _attention_implementation(model) in ("sdpa", "eager")
 
 
+def _tied_embeddings_sparse_grad(decoder, head, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """The input embeddings with a sparse gradient, where the embedding is the LM head's weight
+    (tied, as in SmolLM2, Qwen2.5 <= 3B, Llama 3.2 1B/3B) and is trained; None elsewhere.
+
+    Why: the head's gradient is a dense [V, H] tensor anyway; a dense embedding gradient would
+    be a second one (zero-filled, then a few hundred rows written) summed into the first, three
+    passes over V x H floats per forward (113 MB each for SmolLM2; 7% of a training step there,
+    docs/training.md). A sparse one holds only the rows of the tokens present and autograd adds
+    it into the head's dense gradient in place, so the parameter's gradient stays dense and
+    equal up to summation order. Only for a plain ``nn.Embedding`` on an unsharded weight: a
+    subclass may scale its output, and FSDP (DTensor) or DeepSpeed ZeRO-3 (``ds_id``) weights
+    are gathered by the module's own hooks, which this call would bypass."""
+    embedding = decoder.get_input_embeddings()
+    weight = getattr(embedding, "weight", None)
+    if (type(embedding) is not torch.nn.Embedding or weight is not head.weight or not weight.requires_grad
+            or not torch.is_grad_enabled() or type(weight.data) is not torch.Tensor or hasattr(weight, "ds_id")):
+        return None
+    return torch.nn.functional.embedding(input_ids, weight, embedding.padding_idx, embedding.max_norm,
+                                         embedding.norm_type, embedding.scale_grad_by_freq, sparse=True)
+
+
 def packed_logps(model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                  src: torch.Tensor, labels: torch.Tensor, seq_index: torch.Tensor, num_seqs: int,
                  chunk_size: int = 1024) -> torch.Tensor:
@@ -92,7 +113,9 @@ def packed_logps(model, input_ids: torch.Tensor, position_ids: torch.Tensor, att
         dtype = head.weight.dtype
         attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
             ~attention_mask, torch.finfo(dtype).min)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    embeds = _tied_embeddings_sparse_grad(decoder, head, input_ids)
+    hidden = decoder(input_ids=None if embeds is not None else input_ids, inputs_embeds=embeds,
+                     attention_mask=attention_mask, position_ids=position_ids,
                      use_cache=False).last_hidden_state  # [R, T, H]
     selected = hidden.flatten(0, 1)[src]  # [N, H]
     logps = token_logps_from_hidden(selected, labels, head, chunk_size)  # [N]

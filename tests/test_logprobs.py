@@ -78,8 +78,8 @@ def test_dpo_is_ln2_when_policy_equals_reference(tiny):
 
 def test_a_tied_embedding_gets_a_sparse_gradient_and_the_same_total(tiny, monkeypatch):
     """The embedding's own share of a tied weight's gradient is sparse (the rows of the tokens
-    present, not a second dense V x H tensor); the weight's total gradient stays dense and equals
-    what the dense embedding gradient gives."""
+    present, not a second dense V x H tensor); the weight's total gradient stays dense and equal
+    to what the dense embedding gradient gives."""
     model, tok = tiny
     decoder, head = logprobs._decoder_and_head(model)
     ids = torch.tensor([[5, 7, 5, 9]])
@@ -89,7 +89,7 @@ def test_a_tied_embedding_gets_a_sparse_gradient_and_the_same_total(tiny, monkey
     torch.testing.assert_close(embeds, decoder.embed_tokens(ids), atol=0, rtol=0)
     batch = pack([PairExample(1, *_seqs(tok, 2))], ("chosen", "rejected"), tok.pad_token_id, share_prompt=True)
     sparse = torch.autograd.grad(packed_logps(model, **batch.model_inputs("cpu")).sum(), head.weight)[0]
-    monkeypatch.setattr(logprobs, "_tied_embeddings_sparse_grad", lambda *a: None)  # the dense embedding gradient
+    monkeypatch.setattr(logprobs, "_plain_trained", lambda weight: False)  # the dense embedding gradient
     dense = torch.autograd.grad(packed_logps(model, **batch.model_inputs("cpu")).sum(), head.weight)[0]
     assert sparse.layout == dense.layout == torch.strided
     torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
@@ -108,3 +108,4 @@ def test_no_sparse_embedding_where_it_would_be_wrong(tiny):
     assert logprobs._tied_embeddings_sparse_grad(decoder, untied, ids) is None
     head.weight.requires_grad_(False)
     assert logprobs._tied_embeddings_sparse_grad(decoder, head, ids) is None
+

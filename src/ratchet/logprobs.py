@@ -77,22 +77,29 @@ def supports_4d_mask(model) -> bool:
     return _attention_implementation(model) in ("sdpa", "eager")
 
 
+def _plain_trained(weight) -> bool:
+    """A weight that may be read outside its module's forward: a trained leaf tensor of its
+    own, not sharded. FSDP's weights are DTensors (v2) or views of a flat parameter (v1), and
+    DeepSpeed ZeRO-3's (``ds_id``) are gathered by the module's own hooks, which reading the
+    weight directly would bypass."""
+    return (weight is not None and weight.requires_grad and weight.is_leaf and torch.is_grad_enabled()
+            and type(weight.data) is torch.Tensor and not hasattr(weight, "ds_id"))
+
+
 def _tied_embeddings_sparse_grad(decoder, head, input_ids: torch.Tensor) -> torch.Tensor | None:
     """The input embeddings with a sparse gradient, where the embedding is the LM head's weight
     (tied, as in SmolLM2, Qwen2.5 <= 3B, Llama 3.2 1B/3B) and is trained; None elsewhere.
 
     Why: the head's gradient is a dense [V, H] tensor anyway; a dense embedding gradient would
-    be a second one (zero-filled, then a few hundred rows written) summed into the first, three
-    passes over V x H floats per forward (113 MB each for SmolLM2; 7% of a training step there,
-    docs/training.md). A sparse one holds only the rows of the tokens present and autograd adds
-    it into the head's dense gradient in place, so the parameter's gradient stays dense and
-    equal up to summation order. Only for a plain ``nn.Embedding`` on an unsharded weight: a
-    subclass may scale its output, and FSDP (DTensor) or DeepSpeed ZeRO-3 (``ds_id``) weights
-    are gathered by the module's own hooks, which this call would bypass."""
+    be a second one (zero-filled, then a few hundred rows written) summed into the first: passes
+    over V x H floats (113 MB for SmolLM2) that took 7% of a forward and backward there. A sparse
+    one holds only the rows of the tokens present; autograd adds it to the head's dense gradient
+    (a copy, then the rows), so the parameter's gradient stays dense and equal up to summation
+    order: 3-4% less time a forward and backward there (docs/training.md). Only for a plain
+    ``nn.Embedding`` (a subclass may scale its output) on a weight ``_plain_trained`` accepts."""
     embedding = decoder.get_input_embeddings()
     weight = getattr(embedding, "weight", None)
-    if (type(embedding) is not torch.nn.Embedding or weight is not head.weight or not weight.requires_grad
-            or not torch.is_grad_enabled() or type(weight.data) is not torch.Tensor or hasattr(weight, "ds_id")):
+    if type(embedding) is not torch.nn.Embedding or weight is not head.weight or not _plain_trained(weight):
         return None
     return torch.nn.functional.embedding(input_ids, weight, embedding.padding_idx, embedding.max_norm,
                                          embedding.norm_type, embedding.scale_grad_by_freq, sparse=True)

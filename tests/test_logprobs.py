@@ -1,6 +1,7 @@
 """Sequence log-probs at completion positions only, and DPO = ln 2 when policy equals reference."""
 
 import math
+import os
 
 import torch
 
@@ -109,3 +110,27 @@ def test_no_sparse_embedding_where_it_would_be_wrong(tiny):
     head.weight.requires_grad_(False)
     assert logprobs._tied_embeddings_sparse_grad(decoder, head, ids) is None
 
+
+
+def test_grouped_query_attention_without_copies_on_cpu(tiny, monkeypatch):
+    """packed_logps on CPU with SDPA: no key/value head is copied for its query heads
+    (transformers' ``repeat_kv``), the log-probs and gradients are the copying path's, and the
+    switch (a process-wide variable of transformers) is set only around the forward."""
+    from transformers.integrations import sdpa_attention
+
+    model, tok = tiny
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    copies = []
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: copies.append(n) or x.repeat_interleave(n, 1))
+    batch = pack([PairExample(1, *_seqs(tok, 2))], ("chosen", "rejected"), tok.pad_token_id, share_prompt=True)
+    grouped = packed_logps(model, **batch.model_inputs("cpu"))
+    assert copies == [] and logprobs._FORCE_GQA not in os.environ
+    g_grouped = torch.autograd.grad(grouped.sum(), list(model.parameters()))
+    monkeypatch.setenv(logprobs._FORCE_GQA, "0")  # a user's value: left as it is, here "copy"
+    with logprobs._grouped_query_sdpa(True):
+        assert os.environ[logprobs._FORCE_GQA] == "0"
+    copied = packed_logps(model, **batch.model_inputs("cpu"))
+    assert copies and os.environ[logprobs._FORCE_GQA] == "0"
+    torch.testing.assert_close(grouped, copied, atol=1e-6, rtol=0)
+    for a, b in zip(g_grouped, torch.autograd.grad(copied.sum(), list(model.parameters()))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -19,6 +19,10 @@ Two entry points:
   passes a 4D mask to the attention as is (``masking_utils``: a 4D mask is "already prepared"),
   so the layers see the tree and nothing else.
 
+Two savings that change no number beyond float summation order (tested; docs/training.md,
+session 12): a trained embedding tied to the LM head gets a sparse gradient, and on CPU
+grouped-query keys and values reach SDPA without being copied per query head.
+
 Supports models whose logits are ``lm_head(final_hidden)`` (Llama, Mistral, Qwen, SmolLM, ...).
 Imports torch only.
 """

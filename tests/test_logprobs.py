@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from ratchet.data.tokenize import prompt_ids, tokenize_completion
 from ratchet import logprobs
+from ratchet.data.tokenize import prompt_ids, tokenize_completion
 from ratchet.logprobs import completion_logps, packed_logps
 from ratchet.losses import LOSSES
 from ratchet.train.batches import PairExample, collate, pack
@@ -109,7 +109,6 @@ def test_no_sparse_embedding_where_it_would_be_wrong(tiny):
     assert logprobs._tied_embeddings_sparse_grad(decoder, untied, ids) is None
     head.weight.requires_grad_(False)
     assert logprobs._tied_embeddings_sparse_grad(decoder, head, ids) is None
-
 
 
 def test_grouped_query_attention_without_copies_on_cpu(tiny, monkeypatch):

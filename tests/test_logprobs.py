@@ -118,6 +118,7 @@ def test_grouped_query_attention_without_copies_on_cpu(tiny, monkeypatch):
     from transformers.integrations import sdpa_attention
 
     model, tok = tiny
+    decoder, _ = logprobs._decoder_and_head(model)
     assert model.config.num_key_value_heads < model.config.num_attention_heads
     copies = []
     monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda x, n: copies.append(n) or x.repeat_interleave(n, 1))
@@ -126,7 +127,7 @@ def test_grouped_query_attention_without_copies_on_cpu(tiny, monkeypatch):
     assert copies == [] and logprobs._FORCE_GQA not in os.environ
     g_grouped = torch.autograd.grad(grouped.sum(), list(model.parameters()))
     monkeypatch.setenv(logprobs._FORCE_GQA, "0")  # a user's value: left as it is, here "copy"
-    with logprobs._grouped_query_sdpa(True):
+    with logprobs._grouped_query_sdpa(model, decoder, torch.device("cpu")):
         assert os.environ[logprobs._FORCE_GQA] == "0"
     copied = packed_logps(model, **batch.model_inputs("cpu"))
     assert copies and os.environ[logprobs._FORCE_GQA] == "0"

@@ -116,16 +116,18 @@ _FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 @contextlib.contextmanager
-def _grouped_query_sdpa(on: bool):
-    """Within: transformers hands grouped-query keys and values to SDPA as they are
-    (``enable_gqa``) instead of copying each key/value head for its query heads (``repeat_kv``,
-    which it does whenever a mask is given, to keep CUDA's flash kernels). On CPU the kernel
+def _grouped_query_sdpa(model, decoder, device: torch.device):
+    """Within, for ``model`` on ``device``: transformers hands grouped-query keys and values to
+    SDPA as they are (``enable_gqa``) instead of copying each key/value head for its query heads
+    (``repeat_kv``, which it does whenever a mask is given, to keep CUDA's flash kernels). On CPU the kernel
     takes them as they are: the same log-probs to the bit for SmolLM2 and 3-4% less time a
     training forward and backward (docs/training.md). Not on CUDA, where a masked GQA call falls
     back to the math kernel. transformers reads the variable at every call; it is process-wide,
     so it is set only around the forward (the trainer runs one forward at a time) and a value
     the user set is left alone. Not under gradient checkpointing, whose recomputation in
     backward runs outside."""
+    on = (_attention_implementation(model) == "sdpa" and device.type == "cpu"
+          and not getattr(decoder, "gradient_checkpointing", False))
     if not on or _FORCE_GQA in os.environ:
         yield
         return
@@ -152,8 +154,7 @@ def packed_logps(model, input_ids: torch.Tensor, position_ids: torch.Tensor, att
         attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
             ~attention_mask, torch.finfo(dtype).min)
     embeds = _tied_embeddings_sparse_grad(decoder, head, input_ids)
-    with _grouped_query_sdpa(_attention_implementation(model) == "sdpa" and input_ids.device.type == "cpu"
-                             and not getattr(decoder, "gradient_checkpointing", False)):
+    with _grouped_query_sdpa(model, decoder, input_ids.device):
         hidden = decoder(input_ids=None if embeds is not None else input_ids, inputs_embeds=embeds,
                          attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=False).last_hidden_state  # [R, T, H]
